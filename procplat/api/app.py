@@ -1,0 +1,57 @@
+"""The Starlette application: builds the index, registry, datasets, supervisor and task
+services on start-up and wires the routes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from procplat.api import platform_routes, system_routes, task_routes
+from procplat.api.http import EXCEPTION_HANDLERS
+from procplat.core.auth import ensure_admin
+from procplat.core.datasets import Datasets
+from procplat.core.registry import Registry
+from procplat.core.supervisor import Supervisor
+from procplat.core.tasks import Tasks
+from procplat.index.db import Database
+from procplat.settings import Settings, load_settings
+
+log = logging.getLogger("procplat")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for folder in (settings.data, settings.datasets_dir, settings.artifacts_dir, settings.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.sqlalchemy_url)
+        ensure_admin(db, settings.admin_token)
+        registry = Registry()
+        datasets = Datasets(db, settings.datasets_dir)
+        supervisor = Supervisor(settings=settings, db=db, registry=registry, datasets=datasets)
+        await supervisor.start()
+        app.state.settings = settings
+        app.state.db = db
+        app.state.datasets = datasets
+        app.state.supervisor = supervisor
+        app.state.tasks = Tasks(
+            settings=settings, db=db, registry=registry, datasets=datasets, supervisor=supervisor
+        )
+        app.state.principal_cache = {}
+        log.info("procplat ready; Dask dashboard: %s", supervisor.dashboard_link)
+        try:
+            yield
+        finally:
+            await supervisor.close()
+            db.dispose()
+
+    return Starlette(
+        routes=[*platform_routes.ROUTES, *task_routes.ROUTES, *system_routes.ROUTES],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -1,0 +1,115 @@
+"""Request and response helpers shared by the routes: JSON bodies with a size limit, the
+caller, query parameters, and error rendering from the one status table in
+:mod:`procplat.errors`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from procplat.core.auth import Principal, authenticate
+from procplat.errors import BadRequest, PayloadTooLarge, ProcplatError
+
+log = logging.getLogger("procplat.api")
+PRINCIPAL_CACHE_SECONDS = 30.0
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing bodies above the configured limit."""
+    limit = request.app.state.settings.max_json_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("invalid Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def caller(request: Request) -> Principal | None:
+    """The authenticated caller (cached briefly by token), or None when anonymous."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    cache: dict[str, tuple[float, Principal | None]] = request.app.state.principal_cache
+    now = time.monotonic()
+    hit = cache.get(header)
+    if hit is not None and now - hit[0] < PRINCIPAL_CACHE_SECONDS:
+        return hit[1]
+    principal = authenticate(request.app.state.db, header)
+    if len(cache) > 10000:
+        cache.clear()
+    cache[header] = (now, principal)
+    return principal
+
+
+def query(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    return value if value not in (None, "") else None
+
+
+def query_bool(request: Request, name: str, default: bool = False) -> bool:
+    value = query(request, name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false")
+
+
+def error_response(exc: ProcplatError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def on_procplat_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProcplatError)
+    return error_response(exc)
+
+
+async def on_http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def on_client_disconnect(_request: Request, _exc: Exception) -> Response:
+    return JSONResponse({"error": "client disconnected"}, status_code=400)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+EXCEPTION_HANDLERS = {
+    ProcplatError: on_procplat_error,
+    HTTPException: on_http_exception,
+    ClientDisconnect: on_client_disconnect,
+    Exception: on_unexpected,
+}

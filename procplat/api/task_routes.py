@@ -1,0 +1,92 @@
+"""Routes under ``/orgs/{org}/ds/{ds}/tasks``: tools, submit, list, status, log, result,
+cancel, clear."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from procplat.api.file_response import file_response
+from procplat.api.http import caller, json_response, query, read_json
+from procplat.core.tasks import Tasks
+
+BASE = "/orgs/{org}/ds/{ds}/tasks"
+
+
+def _tasks(request: Request) -> Tasks:
+    return request.app.state.tasks
+
+
+def _where(request: Request) -> tuple[str, str]:
+    return request.path_params["org"], request.path_params["ds"]
+
+
+def list_tools(request: Request) -> Response:
+    tasks = _tasks(request)
+    tasks.datasets.open(caller(request), *_where(request))
+    return json_response([t.describe() for t in tasks.registry.all()])
+
+
+async def submit(request: Request) -> Response:
+    body = await read_json(request)
+    who = await run_in_threadpool(caller, request)
+    submitted = await _tasks(request).submit(who, *_where(request), body)
+    if submitted.created:
+        return json_response(submitted.body, 202, headers={"Location": submitted.body["statusUrl"]})
+    return json_response(submitted.body, 200)
+
+
+def list_tasks(request: Request) -> Response:
+    return json_response(_tasks(request).list(
+        caller(request), *_where(request), query(request, "toolId"), query(request, "state"),
+        query(request, "skip"), query(request, "take"),
+    ))
+
+
+def task_status(request: Request) -> Response:
+    return json_response(
+        _tasks(request).status(caller(request), *_where(request), request.path_params["task"])
+    )
+
+
+def task_log(request: Request) -> Response:
+    return json_response(_tasks(request).log(
+        caller(request), *_where(request), request.path_params["task"], query(request, "since")
+    ))
+
+
+def task_result(request: Request) -> Response:
+    artifact, path = _tasks(request).artifact_file(
+        caller(request), *_where(request), request.path_params["task"]
+    )
+    return file_response(
+        request, path, etag=artifact.sha256, filename=artifact.file_name, attachment=True
+    )
+
+
+async def cancel_task(request: Request) -> Response:
+    who = await run_in_threadpool(caller, request)
+    return json_response(
+        await _tasks(request).cancel(who, *_where(request), request.path_params["task"])
+    )
+
+
+async def clear_tasks(request: Request) -> Response:
+    who = await run_in_threadpool(caller, request)
+    return json_response(await _tasks(request).clear(who, *_where(request), query(request, "toolId")))
+
+
+ROUTES = [
+    Route(f"{BASE}/tools", list_tools, methods=["GET"]),
+    Route(f"{BASE}/clear", clear_tasks, methods=["POST"]),
+    Route(BASE, submit, methods=["POST"]),
+    Route(f"{BASE}/", submit, methods=["POST"]),
+    Route(BASE, list_tasks, methods=["GET"]),
+    Route(f"{BASE}/", list_tasks, methods=["GET"]),
+    Route(BASE + "/{task}", task_status, methods=["GET"]),
+    Route(BASE + "/{task}", cancel_task, methods=["DELETE"]),
+    Route(BASE + "/{task}/log", task_log, methods=["GET"]),
+    Route(BASE + "/{task}/result", task_result, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,104 @@
+"""The tool registry: which tools exist, their versions, schemas and validation.
+
+Adding a tool is one module in ``tools/`` plus one line in :data:`BUILTIN_TOOLS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from procplat.errors import BadRequest
+from tools import bulk_download
+from tools.contract import InvalidParams, Plan, ToolSpec
+
+BUILTIN_TOOLS: list[ModuleType] = [
+    bulk_download,
+]
+
+
+def version_key(version: str) -> tuple[int, Any]:
+    """Numeric versions compare numerically and sort above non-numeric ones."""
+    try:
+        return (1, tuple(int(p) for p in version.split(".")))
+    except ValueError:
+        return (0, version)
+
+
+@dataclass(frozen=True)
+class RegisteredTool:
+    spec: ToolSpec
+    module: ModuleType
+    validator: Draft202012Validator
+
+    @property
+    def module_name(self) -> str:
+        return self.module.__name__
+
+    def check_params(self, params: dict[str, Any], dataset_root: Path) -> Plan:
+        """Schema first (all problems listed), then the tool's own validation."""
+        errors = sorted(self.validator.iter_errors(params), key=lambda e: list(e.path))
+        if errors:
+            details = [
+                {"path": "/".join(str(p) for p in e.absolute_path), "message": e.message}
+                for e in errors
+            ]
+            raise BadRequest(
+                f"invalid parameters for {self.spec.id}: {best_match(errors).message}",
+                details=details,
+            )
+        try:
+            plan = self.module.validate(params, dataset_root)
+        except InvalidParams as exc:
+            raise BadRequest(str(exc)) from None
+        assert isinstance(plan, Plan)
+        return plan
+
+    def describe(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "id": s.id,
+            "version": s.version,
+            "title": s.title,
+            "requiredAccess": s.required_access,
+            "producesArtifact": s.produces_artifact,
+            "resultExtension": s.result_extension,
+            "inputSchema": s.input_schema,
+        }
+
+
+class Registry:
+    def __init__(self, modules: list[ModuleType] | None = None) -> None:
+        self._tools: dict[str, dict[str, RegisteredTool]] = {}
+        for module in modules if modules is not None else BUILTIN_TOOLS:
+            self.register(module)
+
+    def register(self, module: ModuleType) -> None:
+        spec: ToolSpec = module.SPEC
+        Draft202012Validator.check_schema(spec.input_schema)
+        validator = Draft202012Validator(
+            spec.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+        self._tools.setdefault(spec.id.lower(), {})[spec.version] = RegisteredTool(
+            spec, module, validator
+        )
+
+    def get(self, tool_id: str, version: str | None = None) -> RegisteredTool:
+        versions = self._tools.get(str(tool_id).lower())
+        if not versions:
+            raise BadRequest(f"unknown tool '{tool_id}'")
+        if version is None or version == "":
+            return versions[max(versions, key=version_key)]
+        tool = versions.get(str(version))
+        if tool is None:
+            known = ", ".join(sorted(versions, key=version_key))
+            raise BadRequest(f"tool '{tool_id}' has no version '{version}' (known: {known})")
+        return tool
+
+    def all(self) -> list[RegisteredTool]:
+        return [t for versions in self._tools.values() for t in versions.values()]

@@ -1,0 +1,382 @@
+"""Tasks from the cluster's side: the state machine driven by engine callbacks, progress and
+log lines written to the index in batches, re-queue / re-attach after a restart, and the
+sweeper that expires artifacts and old tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from procplat.core.datasets import Datasets
+from procplat.core.registry import Registry
+from procplat.engine.engine import Engine
+from procplat.engine.job import Job, Outcome
+from procplat.index import queries as q
+from procplat.index.db import Database, utcnow
+from procplat.index.models import Artifact, Task
+from procplat.settings import Settings
+
+log = logging.getLogger("procplat.supervisor")
+START_FLUSH_DELAY = 0.05
+TRAILING_EVENTS_WAIT = 2.0
+CANCEL_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class Pending:
+    """Updates for one task received from workers and not yet written to the index."""
+
+    attempt: int
+    started: bool = False
+    fraction: float | None = None
+    phase: str | None = None
+    has_progress: bool = False
+    lines: list[str] = field(default_factory=list)
+    lines_received: int = 0
+
+    def empty(self) -> bool:
+        return not (self.started or self.has_progress or self.lines)
+
+
+def log_line(message: str) -> str:
+    return f"[{time.strftime('%H:%M:%S', time.gmtime())}] {message}"
+
+
+class Supervisor:
+    def __init__(
+        self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.datasets = datasets
+        self.engine = Engine(
+            self, address=settings.dask_address, dashboard_address=settings.dashboard_address
+        )
+        self._pending: dict[str, Pending] = {}
+        self._attempts: dict[str, int] = {}
+        self._received: dict[str, int] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.engine.dashboard_link
+
+    # life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.recover()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.flush()
+        await self.engine.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # starting attempts ------------------------------------------------------------------------
+    def _job(self, s: Any, task: Task, attempt: int) -> Job:
+        ref = self.datasets.ref_of(s, task.dataset_id)
+        tool = self.registry.get(task.tool_id, task.version)
+        st = self.settings
+        return Job(
+            task_id=task.id, attempt=attempt, tool_module=tool.module_name, tool_id=task.tool_id,
+            params=dict(task.params),
+            dataset_root=str(ref.root.resolve()),
+            work_root=str(st.work_dir.resolve()), artifacts_root=str(st.artifacts_dir.resolve()),
+            annotations={"procplat_task": task.id, "procplat_tool": task.tool_id},
+        )
+
+    def _enqueue(self, job: Job) -> None:
+        self._attempts[job.task_id] = job.attempt
+        self._received[job.task_id] = 0
+        self.engine.enqueue(job)
+
+    async def start_task(self, task: Task, _ref: Any = None) -> None:
+        """Hand a freshly created task to the cluster."""
+        with self.db.read() as s:
+            job = self._job(s, task, 1)
+        self._enqueue(job)
+        await anyio.to_thread.run_sync(self._mark_enqueued, task.id, 1)
+
+    def _mark_enqueued(self, task_id: str, attempt: int) -> None:
+        with self.db.write() as s:
+            task = q.get_task(s, task_id)
+            if task is not None and task.active:
+                task.attempts = attempt
+                if task.state in ("Created", "Scheduled"):
+                    task.state = "Enqueued"
+
+    async def recover(self) -> None:
+        """Re-attach active tasks the scheduler still runs; re-queue the others."""
+        with self.db.read() as s:
+            active = list(q.active_tasks(s))
+            jobs = {t.id: self._job(s, t, max(1, t.attempts)) for t in active}
+        known = await self.engine.scheduler_states(jobs)
+        for task in active:
+            job = jobs[task.id]
+            if known.get(task.id) in ("processing", "waiting", "queued", "no-worker", "memory"):
+                log.info("re-attaching task %s (%s)", task.id, known[task.id])
+                self._attempts[task.id] = job.attempt
+                self._received[task.id] = 0
+                self.engine.attach(job)
+                continue
+            await anyio.to_thread.run_sync(self._retry_or_fail, task.id, "the service restarted")
+
+    def _retry_or_fail(self, task_id: str, reason: str) -> None:
+        """Start the next attempt of an interrupted task, or fail it when out of attempts."""
+        max_attempts = self.settings.max_task_attempts
+        with self.db.write() as s:
+            task = q.get_task(s, task_id)
+            if task is None or not task.active:
+                return
+            attempt = task.attempts + 1
+            if attempt > max_attempts:
+                self._finish_row(s, task, "Failed",
+                                 error=f"gave up after {task.attempts} attempts: {reason}")
+                self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
+                return
+            self._append_lines(s, task, [log_line(f"{reason}; starting attempt {attempt} of {max_attempts}")])
+            task.attempts = attempt
+            task.state = "Enqueued"
+            job = self._job(s, task, attempt)
+        self._enqueue(job)
+
+    # events from workers ----------------------------------------------------------------------
+    def on_event(self, msg: dict[str, Any]) -> None:
+        task_id = msg.get("t")
+        if not isinstance(task_id, str) or self._attempts.get(task_id) != msg.get("a"):
+            return
+        pending = self._pending.setdefault(task_id, Pending(attempt=msg["a"]))
+        kind = msg.get("k")
+        if kind == "start":
+            pending.started = True
+            self._schedule_flush(START_FLUSH_DELAY)
+            return
+        if kind == "progress":
+            if msg.get("p") is not None and msg.get("p") != pending.phase:
+                pending.phase = msg.get("p")
+                pending.fraction = None
+            if msg.get("f") is not None:
+                pending.fraction = float(msg["f"])
+            pending.has_progress = True
+        elif kind == "log":
+            pending.lines.append(str(msg.get("m", "")))
+            self._received[task_id] = self._received.get(task_id, 0) + 1
+        self._schedule_flush(self.settings.progress_update_throttle_seconds)
+
+    def _schedule_flush(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._flush_handle is not None:
+            if self._flush_handle.when() <= loop.time() + delay:
+                return
+            self._flush_handle.cancel()
+        self._flush_handle = loop.call_later(delay, lambda: self._spawn(self.flush()))
+
+    async def flush(self, only: str | None = None) -> None:
+        """Write pending progress and log lines to the index, in one transaction."""
+        async with self._flush_lock:
+            if only is None:
+                self._flush_handle = None
+                batch, self._pending = self._pending, {}
+            else:
+                batch = {only: self._pending.pop(only)} if only in self._pending else {}
+            batch = {k: v for k, v in batch.items() if not v.empty()}
+            if batch:
+                await anyio.to_thread.run_sync(self._write_batch, batch)
+
+    def _write_batch(self, batch: dict[str, Pending]) -> None:
+        with self.db.write() as s:
+            for task_id, pending in batch.items():
+                task = q.get_task(s, task_id)
+                if task is None:
+                    continue
+                self._apply(s, task, pending)
+
+    def _apply(self, s: Any, task: Task, pending: Pending) -> None:
+        if pending.started and task.active and task.state in ("Created", "Enqueued", "Scheduled"):
+            task.state = "Processing"
+            task.started_at = task.started_at or utcnow()
+        if pending.has_progress and task.active:
+            phase_changed = pending.phase is not None and pending.phase != task.progress_phase
+            if pending.phase is not None:
+                task.progress_phase = pending.phase
+            if pending.fraction is not None:
+                percent = round(max(0.0, min(1.0, pending.fraction)) * 100)
+                task.progress_percent = percent if phase_changed else max(task.progress_percent, percent)
+            elif phase_changed:
+                task.progress_percent = task.progress_percent
+        if pending.lines:
+            self._append_lines(s, task, pending.lines)
+
+    def _append_lines(self, s: Any, task: Task, lines: list[str]) -> None:
+        """Append to the task's log ring buffer, evicting the oldest lines past the limits."""
+        max_lines = self.settings.log_tail_max_lines
+        max_bytes = self.settings.log_tail_max_bytes
+        lines = [line.encode()[:max_bytes].decode(errors="ignore") for line in lines]
+        first = task.log_cursor
+        q.add_log_lines(s, task.id, first, lines)
+        task.log_cursor = first + len(lines)
+        task.log_bytes = (task.log_bytes or 0) + sum(len(line.encode()) for line in lines)
+        kept = task.log_cursor - task.log_evicted
+        if kept <= max_lines and task.log_bytes <= max_bytes:
+            return
+        s.flush()
+        rows = q.kept_log_lines(s, task.id, task.log_evicted)
+        drop = 0
+        nbytes = task.log_bytes
+        while rows and (len(rows) - drop > max_lines or nbytes > max_bytes):
+            nbytes -= rows[drop].nbytes
+            drop += 1
+        if drop:
+            cut = rows[drop - 1].seq + 1
+            q.drop_log_lines_before(s, task.id, cut)
+            task.log_evicted = cut
+            task.log_bytes = nbytes
+
+    # outcomes ---------------------------------------------------------------------------------
+    def on_outcome(self, outcome: Outcome) -> None:
+        self._spawn(self._conclude(outcome))
+
+    async def _conclude(self, outcome: Outcome) -> None:
+        task_id = outcome.task_id
+        if self._attempts.get(task_id) != outcome.attempt:
+            return
+        deadline = time.monotonic() + TRAILING_EVENTS_WAIT
+        while self._received.get(task_id, 0) < outcome.log_lines_sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.flush(only=task_id)
+        self._attempts.pop(task_id, None)
+        self._received.pop(task_id, None)
+        if outcome.lost:
+            await anyio.to_thread.run_sync(self._retry_or_fail, task_id, outcome.error or "lost")
+        else:
+            await anyio.to_thread.run_sync(self._record_outcome, outcome)
+        await self.engine.forget_cancel_event(task_id)
+
+    def _record_outcome(self, outcome: Outcome) -> None:
+        with self.db.read() as s:
+            task = q.get_task(s, outcome.task_id)
+            ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
+        if task is None or not task.active or ref is None:
+            self._discard_artifact(outcome)
+            return
+        if outcome.succeeded:
+            self.datasets.unindex_paths(ref, outcome.entries_removed)
+            self.datasets.index_paths(ref, outcome.entries_added)
+        with self.db.write() as s:
+            task = q.get_task(s, outcome.task_id)
+            if task is None or not task.active:
+                self._discard_artifact(outcome)
+                return
+            if outcome.succeeded:
+                if outcome.artifact is not None:
+                    a = outcome.artifact
+                    s.merge(Artifact(
+                        task_id=task.id, file_name=a.file_name, storage_path=a.storage_path,
+                        size_bytes=a.size_bytes, sha256=a.sha256,
+                        expires_at=utcnow() + timedelta(hours=self.settings.artifact_ttl_hours),
+                        expired=False,
+                    ))
+                task.progress_percent = 100
+                task.result = outcome.summary
+                self._finish_row(s, task, "Succeeded")
+            elif outcome.cancelled:
+                self._finish_row(s, task, "Deleted", error="cancelled")
+            else:
+                self._finish_row(s, task, "Failed", error=outcome.error or "failed")
+
+    @staticmethod
+    def _finish_row(s: Any, task: Task, state: str, *, error: str | None = None) -> None:
+        task.state = state
+        task.active = False
+        task.finished_at = utcnow()
+        if error is not None:
+            task.error = error
+
+    @staticmethod
+    def _discard_artifact(outcome: Outcome) -> None:
+        if outcome.artifact is not None:
+            shutil.rmtree(Path(outcome.artifact.storage_path).parent, ignore_errors=True)
+
+    # cancelling -------------------------------------------------------------------------------
+    async def cancel(self, task_id: str, *, by: str) -> None:
+        """Stop an active task (it becomes Deleted) or mark a terminal one Deleted."""
+        was_active, started = await anyio.to_thread.run_sync(self._mark_deleted, task_id, by)
+        if was_active:
+            await self.engine.request_cancel(task_id, started=started)
+            self._spawn(self._force_cancel_later(task_id))
+
+    async def _force_cancel_later(self, task_id: str) -> None:
+        await asyncio.sleep(CANCEL_GRACE_SECONDS)
+        if self.engine.is_tracking(task_id):
+            log.warning("task %s did not stop within %ss; cancelling its future", task_id,
+                        CANCEL_GRACE_SECONDS)
+            await self.engine.force_cancel(task_id)
+
+    def _mark_deleted(self, task_id: str, by: str) -> tuple[bool, bool]:
+        with self.db.write() as s:
+            task = q.get_task(s, task_id)
+            if task is None:
+                return False, False
+            was_active = task.active
+            started = task.state == "Processing" or task_id in self._pending and self._pending[task_id].started
+            if task.state == "Deleted":
+                return False, False
+            self._append_lines(s, task, [log_line(f"Cancelled by {by}")])
+            self._finish_row(s, task, "Deleted", error=f"cancelled by {by}" if was_active else task.error)
+            artifact = q.get_artifact(s, task_id)
+            if artifact is not None:
+                artifact.expired = True
+                shutil.rmtree(Path(artifact.storage_path).parent, ignore_errors=True)
+            return was_active, bool(started)
+
+    # sweeping ---------------------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.sweep)
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+    def sweep(self) -> dict[str, int]:
+        """Delete expired artifacts, tasks past retention and orphaned work folders."""
+        now = utcnow()
+        work_dir = self.settings.work_dir
+        work_folders = list(work_dir.iterdir()) if work_dir.is_dir() else []
+        with self.db.write() as s:
+            expired = list(q.expired_artifacts(s, now))
+            for artifact in expired:
+                artifact.expired = True
+            old = q.terminal_task_ids(
+                s, finished_before=now - timedelta(days=self.settings.job_index_retention_days)
+            )
+            old_paths = [a.storage_path for a in q.artifacts_of(s, old)]
+            q.delete_tasks(s, old)
+            active = {t.id for t in q.active_tasks(s)}
+        for path in [a.storage_path for a in expired] + old_paths:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+        orphans = 0
+        for folder in work_folders:  # listed before the active set was read: no race
+            if folder.name.rsplit("-", 1)[0] not in active:
+                shutil.rmtree(folder, ignore_errors=True)
+                orphans += 1
+        return {"expired": len(expired), "deleted": len(old), "orphans": orphans}

@@ -1,0 +1,311 @@
+"""Tasks from the client's side: submit (validation, dedup, quotas in one transaction),
+status, incremental log, listing, cancel, clear."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from procplat.core.auth import Principal, require_admin, require_user
+from procplat.core.datasets import DatasetRef, Datasets
+from procplat.core.registry import RegisteredTool, Registry
+from procplat.core.supervisor import Supervisor
+from procplat.core.task_views import LOG_TAIL_LINES, task_json, task_urls
+from procplat.errors import (
+    BadRequest,
+    Forbidden,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+)
+from procplat.index import queries as q
+from procplat.index.db import Database, utcnow
+from procplat.index.models import Artifact, Task
+from procplat.settings import Settings
+
+STATES = [
+    ("Created", False), ("Enqueued", False), ("Scheduled", False), ("Processing", False),
+    ("Succeeded", True), ("Failed", True), ("Deleted", True),
+]
+STATE_NAMES = {name for name, _ in STATES}
+BULK_DOWNLOAD_TOOLS = {"bulk-download"}
+MAX_TAKE = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submitted:
+    body: dict[str, Any]
+    created: bool
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_hash(tool_id: str, version: str, params: dict[str, Any]) -> str:
+    text = f"{tool_id}|{version}|{canonical_json(params)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def clamp_take(skip: Any, take: Any) -> tuple[int, int]:
+    try:
+        skip_n = max(0, int(skip if skip is not None else 0))
+        take_n = int(take if take is not None else 50)
+    except (TypeError, ValueError):
+        raise BadRequest("skip and take must be integers") from None
+    return skip_n, min(MAX_TAKE, max(1, take_n))
+
+
+class Tasks:
+    def __init__(
+        self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets,
+        supervisor: Supervisor,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.datasets = datasets
+        self.supervisor = supervisor
+
+    # submit -----------------------------------------------------------------------------------
+    async def submit(
+        self, caller: Principal | None, org: str, ds: str, body: Any
+    ) -> Submitted:
+        user = require_user(caller)
+        ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Read")
+        tool_id, version, params, force = self._parse_submission(body)
+        tool = self.registry.get(tool_id, version)
+        if tool.spec.required_access == "Write" and not ref.can_write:
+            raise Forbidden(f"{tool.spec.id} needs write access to '{org}/{ds}'")
+        if tool.spec.takes_path and "path" not in params and body.get("path") is not None:
+            params["path"] = body["path"]
+        plan = await anyio.to_thread.run_sync(tool.check_params, params, ref.root)
+        digest = request_hash(tool.spec.id, tool.spec.version, params)
+        task, created = await anyio.to_thread.run_sync(
+            self._insert_or_dedup, user, ref, tool, params, digest, force,
+            plan.estimated_output_bytes,
+        )
+        if created:
+            await self.supervisor.start_task(task, ref)
+        status_url, result_url = task_urls(ref.org_slug, ref.slug, task.id)
+        return Submitted(
+            created=created,
+            body={
+                "taskId": task.id,
+                "toolId": task.tool_id,
+                "version": task.version,
+                "deduplicated": not created,
+                "statusUrl": status_url,
+                "resultUrl": result_url,
+                "estimatedOutputBytes": task.estimated_output_bytes,
+            },
+        )
+
+    @staticmethod
+    def _parse_submission(body: Any) -> tuple[str, str | None, dict[str, Any], bool]:
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        unknown = set(body) - {"toolId", "version", "path", "params", "force"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        tool_id = body.get("toolId")
+        if not isinstance(tool_id, str) or not tool_id:
+            raise BadRequest("toolId is required and must be a string")
+        version = body.get("version")
+        if version is not None and not isinstance(version, (str, int)):
+            raise BadRequest("version must be a string")
+        params = body.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise BadRequest("params must be an object")
+        path = body.get("path")
+        if path is not None and not isinstance(path, str):
+            raise BadRequest("path must be a string")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest("force must be true or false")
+        return tool_id, None if version is None else str(version), dict(params), force
+
+    def _insert_or_dedup(
+        self, user: Principal, ref: DatasetRef, tool: RegisteredTool, params: dict[str, Any],
+        digest: str, force: bool, estimated: int,
+    ) -> tuple[Task, bool]:
+        st = self.settings
+        now = utcnow()
+        with self.db.write(serialize=True) as s:
+            if st.dedup_enabled and not force:
+                since = now - timedelta(hours=st.dedup_lookback_hours)
+                existing = q.find_dedup_match(s, ref.dataset_id, digest, since, now)
+                if existing is not None:
+                    return existing, False
+            if estimated > st.max_estimated_output_bytes_per_submit:
+                raise PayloadTooLarge(
+                    f"estimated output of {estimated} bytes exceeds the limit of "
+                    f"{st.max_estimated_output_bytes_per_submit} bytes"
+                )
+            self._check_concurrency(s, user, ref, tool)
+            task = Task(
+                id=str(uuid.uuid4()), dataset_id=ref.dataset_id, org_id=ref.org_id,
+                user_id=user.user_id, tool_id=tool.spec.id, version=tool.spec.version,
+                params=params, path=params.get("path") if isinstance(params.get("path"), str) else None,
+                request_hash=digest, state="Created", active=True, attempts=0,
+                estimated_output_bytes=estimated, created_at=now,
+            )
+            s.add(task)
+        return task, True
+
+    def _check_concurrency(self, s: Any, user: Principal, ref: DatasetRef, tool: RegisteredTool) -> None:
+        st = self.settings
+        limits = [
+            (q.count_active(s), st.max_concurrent_tasks_global, "tasks on the service"),
+            (q.count_active(s, org_id=ref.org_id), st.max_concurrent_tasks_per_org,
+             f"tasks in org '{ref.org_slug}'"),
+            (q.count_active(s, user_id=user.user_id), st.max_queued_tasks_per_user,
+             "queued tasks of yours"),
+        ]
+        if tool.spec.id in BULK_DOWNLOAD_TOOLS:
+            limits.append((
+                q.count_active(s, user_id=user.user_id, tool_id=tool.spec.id),
+                st.max_concurrent_bulk_downloads_per_user, "bulk downloads of yours",
+            ))
+        for count, limit, what in limits:
+            if count >= limit:
+                raise TooManyRequests(f"too many active {what} ({count} of {limit}); retry later")
+
+    # reading ---------------------------------------------------------------------------------
+    def _task_in(self, s: Any, ref: DatasetRef, task_id: str) -> Task:
+        task = q.get_task(s, task_id)
+        if task is None or task.dataset_id != ref.dataset_id:
+            raise NotFound(f"task '{task_id}' not found")
+        return task
+
+    def _status(self, s: Any, task: Task, org_slug: str, ds_slug: str) -> dict[str, Any]:
+        tail = [line.line for line in q.kept_log_lines(s, task.id, max(0, task.log_cursor - LOG_TAIL_LINES))]
+        return task_json(
+            task, org_slug=org_slug, ds_slug=ds_slug, artifact=q.get_artifact(s, task.id),
+            log_tail=tail, now=utcnow(), dashboard_link=self.supervisor.dashboard_link,
+        )
+
+    def status(self, caller: Principal | None, org: str, ds: str, task_id: str) -> dict[str, Any]:
+        ref = self.datasets.open(caller, org, ds, "Read")
+        with self.db.read() as s:
+            return self._status(s, self._task_in(s, ref, task_id), ref.org_slug, ref.slug)
+
+    def log(self, caller: Principal | None, org: str, ds: str, task_id: str, since: Any) -> dict[str, Any]:
+        try:
+            since_n = max(0, int(since if since is not None else 0))
+        except (TypeError, ValueError):
+            raise BadRequest("since must be an integer") from None
+        ref = self.datasets.open(caller, org, ds, "Read")
+        with self.db.read() as s:
+            task = self._task_in(s, ref, task_id)
+            lines = [line.line for line in q.kept_log_lines(s, task.id, since_n)]
+            return {"cursor": task.log_cursor, "lines": lines, "truncatedFromTail": task.log_evicted}
+
+    def list(
+        self, caller: Principal | None, org: str, ds: str, tool_id: str | None, state: str | None,
+        skip: Any, take: Any,
+    ) -> list[dict[str, Any]]:
+        ref = self.datasets.open(caller, org, ds, "Read")
+        skip_n, take_n = clamp_take(skip, take)
+        self._check_state(state)
+        with self.db.read() as s:
+            rows, _total = q.list_tasks(
+                s, dataset_id=ref.dataset_id, tool_id=tool_id, state=state, skip=skip_n, take=take_n
+            )
+            return [self._status(s, t, ref.org_slug, ref.slug) for t in rows]
+
+    def list_all(
+        self, caller: Principal | None, tool_id: str | None, state: str | None, user_id: Any,
+        skip: Any, take: Any,
+    ) -> dict[str, Any]:
+        require_admin(caller)
+        skip_n, take_n = clamp_take(skip, take)
+        self._check_state(state)
+        try:
+            uid = int(user_id) if user_id not in (None, "") else None
+        except (TypeError, ValueError):
+            raise BadRequest("userId must be an integer") from None
+        with self.db.read() as s:
+            rows, total = q.list_tasks(
+                s, tool_id=tool_id, state=state, user_id=uid, skip=skip_n, take=take_n
+            )
+            slugs = self._slugs(s, {t.dataset_id for t in rows})
+            items = [self._status(s, t, *slugs[t.dataset_id]) for t in rows]
+        return {"items": items, "total": total, "skip": skip_n, "take": take_n}
+
+    @staticmethod
+    def _slugs(s: Any, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
+        from procplat.index.models import Dataset, Org
+
+        out = {}
+        for dataset_id in dataset_ids:
+            ds = s.get(Dataset, dataset_id)
+            org = s.get(Org, ds.org_id)
+            out[dataset_id] = (org.slug, ds.slug)
+        return out
+
+    @staticmethod
+    def _check_state(state: str | None) -> None:
+        if state and state not in STATE_NAMES:
+            raise BadRequest(f"unknown state '{state}' (known: {', '.join(n for n, _ in STATES)})")
+
+    def artifact_file(
+        self, caller: Principal | None, org: str, ds: str, task_id: str
+    ) -> tuple[Artifact, Path]:
+        ref = self.datasets.open(caller, org, ds, "Read")
+        with self.db.read() as s:
+            task = self._task_in(s, ref, task_id)
+            artifact = q.get_artifact(s, task.id)
+            if task.state != "Succeeded" or artifact is None:
+                raise NotFound(f"task '{task_id}' has no artifact (state {task.state})")
+        if artifact.expired or artifact.expires_at <= utcnow():
+            raise Gone(f"the artifact of task '{task_id}' has expired")
+        path = Path(artifact.storage_path)
+        if not path.is_file():
+            raise Gone(f"the artifact of task '{task_id}' is no longer available")
+        return artifact, path
+
+    # cancel and clear ------------------------------------------------------------------------
+    async def cancel(self, caller: Principal | None, org: str, ds: str, task_id: str) -> dict[str, Any]:
+        user = require_user(caller)
+        ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Read")
+        with self.db.read() as s:
+            task = self._task_in(s, ref, task_id)
+        if not (user.is_admin or task.user_id == user.user_id or ref.org_owner_id == user.user_id):
+            raise Forbidden("only the task owner, the org owner or an admin can cancel a task")
+        await self.supervisor.cancel(task.id, by=user.username)
+        with self.db.read() as s:
+            return self._status(s, self._task_in(s, ref, task_id), ref.org_slug, ref.slug)
+
+    async def clear(self, caller: Principal | None, org: str, ds: str, tool_id: str | None) -> dict[str, Any]:
+        ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Write")
+        with self.db.write() as s:
+            ids = q.terminal_task_ids(s, dataset_id=ref.dataset_id, tool_id=tool_id)
+            paths = [Path(a.storage_path) for a in q.artifacts_of(s, ids)]
+            q.delete_tasks(s, ids)
+        for path in paths:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        return {"cleared": len(ids)}
+
+    def features(self) -> dict[str, Any]:
+        from procplat import __version__
+
+        return {
+            "taskStates": [{"value": n, "terminal": t} for n, t in STATES],
+            "taskTools": sorted({t.spec.id for t in self.registry.all()}),
+            "version": __version__,
+            "dedupEnabled": self.settings.dedup_enabled,
+            "artifactTtlHours": self.settings.artifact_ttl_hours,
+            "dashboardLink": self.supervisor.dashboard_link,
+        }

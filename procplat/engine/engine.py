@@ -1,0 +1,213 @@
+"""The only code that talks to Dask from the service side.
+
+One asynchronous ``distributed.Client`` lives in the service's event loop. Each task
+attempt is one future keyed by the task id (so the dashboard shows it under that name);
+its done callback hops from Dask's callback thread to the loop and reports an
+:class:`Outcome` to the listener. Progress and log lines arrive as worker events on
+:data:`EVENT_TOPIC`. Cancellation is cooperative: a ``distributed.Event`` named after the
+task is set, the tool sees it within a fraction of a second and stops; work that has not
+started yet is simply cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from distributed import Client, Event, Future, LocalCluster
+
+from procplat.engine.job import EVENT_TOPIC, ArtifactInfo, Job, Outcome, cancel_event_name
+from procplat.engine.worker import TaskCancelled, TaskFailed, run_job
+
+log = logging.getLogger("procplat.engine")
+
+
+class EngineListener(Protocol):
+    def on_event(self, msg: dict[str, Any]) -> None: ...
+
+    def on_outcome(self, outcome: Outcome) -> None: ...
+
+
+def _key_states(dask_scheduler: Any, keys: list[str]) -> dict[str, str]:
+    return {k: dask_scheduler.tasks[k].state for k in keys if k in dask_scheduler.tasks}
+
+
+class Engine:
+    def __init__(
+        self,
+        listener: EngineListener,
+        *,
+        address: str | None = None,
+        dashboard_address: str = ":8787",
+        n_workers: int | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self._listener = listener
+        self._address = address
+        self._dashboard_address = dashboard_address
+        self._n_workers = n_workers
+        self._worker_env = worker_env or {}
+        self._cluster: LocalCluster | None = None
+        self._futures: dict[str, tuple[Future, Job]] = {}
+        self.client: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._address:
+            self.client = await Client(self._address, asynchronous=True, timeout="30s")
+        else:
+            self._cluster = await LocalCluster(
+                n_workers=self._n_workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=self._dashboard_address,
+                env={"GDAL_CACHEMAX": "256", **self._worker_env},
+                asynchronous=True,
+            )
+            self.client = await Client(self._cluster, asynchronous=True)
+        self.client.subscribe_topic(EVENT_TOPIC, self._on_worker_event)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.unsubscribe_topic(EVENT_TOPIC)
+            except Exception:  # already disconnected
+                pass
+            await self.client.close()
+        if self._cluster is not None:
+            await self._cluster.close()
+        self.client = None
+        self._cluster = None
+        self._futures.clear()
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client.dashboard_link if self.client is not None else None
+        except Exception:
+            return None
+
+    async def ping(self, timeout: float = 5.0) -> bool:
+        if self.client is None:
+            return False
+        try:
+            await asyncio.wait_for(self.client.scheduler.identity(), timeout)
+            return True
+        except Exception:
+            return False
+
+    # submitting and re-attaching --------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        assert self.client is not None, "engine not started"
+        future = self.client.submit(
+            run_job, job, key=job.task_id, pure=False, retries=0, resources=None
+        )
+        self._track(future, job)
+
+    async def scheduler_states(self, keys: Iterable[str]) -> dict[str, str]:
+        """The scheduler's state for each of ``keys`` it still knows."""
+        assert self.client is not None
+        keys = list(keys)
+        if not keys:
+            return {}
+        try:
+            return await self.client.run_on_scheduler(_key_states, keys=keys)
+        except Exception as exc:  # scheduler forbids run_on_scheduler: treat all as unknown
+            log.warning("could not ask the scheduler for running tasks: %s", exc)
+            return {}
+
+    def attach(self, job: Job) -> None:
+        """Follow a future the scheduler still has from before a restart of the service."""
+        assert self.client is not None
+        self._track(Future(job.task_id, client=self.client, inform=True), job)
+
+    def _track(self, future: Future, job: Job) -> None:
+        self._futures[job.task_id] = (future, job)
+        loop = self._loop
+        assert loop is not None
+
+        def done(f: Future) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._finish(f, job)))
+
+        future.add_done_callback(done)
+
+    def is_tracking(self, task_id: str) -> bool:
+        return task_id in self._futures
+
+    async def _finish(self, future: Future, job: Job) -> None:
+        current = self._futures.get(job.task_id)
+        if current is None or current[0] is not future:
+            return
+        del self._futures[job.task_id]
+        outcome = await self._outcome_of(future, job)
+        future.release()
+        self._listener.on_outcome(outcome)
+
+    async def _outcome_of(self, future: Future, job: Job) -> Outcome:
+        base = {"task_id": job.task_id, "attempt": job.attempt}
+        if future.status == "cancelled":
+            return Outcome(**base, succeeded=False, lost=True, error="the cluster lost the task")
+        try:
+            value = await future
+        except TaskCancelled as exc:
+            return Outcome(**base, succeeded=False, cancelled=True, error="cancelled",
+                           log_lines_sent=_lines(exc))
+        except TaskFailed as exc:
+            return Outcome(**base, succeeded=False, error=str(exc.args[0]), log_lines_sent=_lines(exc))
+        except asyncio.CancelledError:
+            return Outcome(**base, succeeded=False, lost=True, error="the cluster lost the task")
+        except Exception as exc:  # KilledWorker and friends
+            return Outcome(**base, succeeded=False, error=f"{type(exc).__name__}: {exc}")
+        artifact = value.get("artifact")
+        return Outcome(
+            **base,
+            succeeded=True,
+            artifact=ArtifactInfo(
+                storage_path=artifact["storagePath"],
+                file_name=artifact["fileName"],
+                size_bytes=artifact["sizeBytes"],
+                sha256=artifact["sha256"],
+            ) if artifact else None,
+            summary=value.get("summary"),
+            entries_added=value.get("entriesAdded", []),
+            entries_removed=value.get("entriesRemoved", []),
+            log_lines_sent=value.get("logLinesSent", 0),
+        )
+
+    # cancelling -----------------------------------------------------------------------------
+    async def request_cancel(self, task_id: str, *, started: bool) -> None:
+        """Ask a task to stop: cooperative when running, immediate when still queued."""
+        if self.client is None:
+            return
+        await Event(cancel_event_name(task_id), client=self.client).set()
+        tracked = self._futures.get(task_id)
+        if tracked is not None and not started:
+            await self.client.cancel([tracked[0]], force=True)
+
+    async def force_cancel(self, task_id: str) -> None:
+        tracked = self._futures.get(task_id)
+        if tracked is not None and self.client is not None:
+            await self.client.cancel([tracked[0]], force=True)
+
+    async def forget_cancel_event(self, task_id: str) -> None:
+        if self.client is None:
+            return
+        try:
+            await Event(cancel_event_name(task_id), client=self.client).clear()
+        except Exception:
+            pass
+
+    # events -------------------------------------------------------------------------------------
+    def _on_worker_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        _timestamp, msg = event
+        if isinstance(msg, dict) and "t" in msg:
+            self._listener.on_event(msg)
+
+
+def _lines(exc: BaseException) -> int:
+    return int(exc.args[1]) if len(exc.args) > 1 else 0

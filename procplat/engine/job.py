@@ -1,0 +1,52 @@
+"""Values that cross between the service and the Dask workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_TOPIC = "procplat-task"
+
+
+def cancel_event_name(task_id: str) -> str:
+    return f"procplat-cancel-{task_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """One attempt at running a task on the cluster; pickled to the worker."""
+
+    task_id: str
+    attempt: int
+    tool_module: str
+    tool_id: str
+    params: dict[str, Any]
+    dataset_root: str
+    work_root: str
+    artifacts_root: str
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactInfo:
+    storage_path: str
+    file_name: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How an attempt ended, as seen by the service."""
+
+    task_id: str
+    attempt: int
+    succeeded: bool
+    cancelled: bool = False
+    error: str | None = None
+    artifact: ArtifactInfo | None = None
+    summary: dict[str, Any] | None = None
+    entries_added: list[str] = field(default_factory=list)
+    entries_removed: list[str] = field(default_factory=list)
+    log_lines_sent: int = 0
+    lost: bool = False  # the scheduler lost the work (e.g. it restarted)

@@ -1,0 +1,89 @@
+"""Opening the index: SQLite in WAL mode by default, PostgreSQL when scaled.
+
+Reads and writes go through two context managers. ``read()`` is a plain transaction.
+``write()`` is a transaction that may write: on SQLite it begins ``IMMEDIATE`` (so it never
+has to upgrade a read lock, the cause of "database is locked") under a process-wide lock;
+with ``serialize=True`` on PostgreSQL it takes a transaction-scoped advisory lock, so checks
+and inserts that must not interleave (dedup, quotas) run one at a time across processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from procplat.index.models import Base
+
+SUBMIT_LOCK_KEY = 0x70726F63  # "proc"
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the index stores UTC without a zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = self._create_engine(url)
+        self._immediate = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(self._immediate, expire_on_commit=False)
+        self._write_lock = threading.RLock()
+        Base.metadata.create_all(self.engine)
+
+    def _create_engine(self, url: str) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=16
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+        return engine
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self, *, serialize: bool = False) -> Iterator[Session]:
+        if self.is_sqlite:
+            with self._write_lock, self._write_sessions() as session, session.begin():
+                yield session
+            return
+        with self._read_sessions() as session, session.begin():
+            if serialize:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,272 @@
+"""Every query the service makes. Functions take an open session from :class:`Database`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from procplat.index.models import (
+    Artifact,
+    Dataset,
+    Entry,
+    Member,
+    Org,
+    Task,
+    TaskLogLine,
+    Token,
+    User,
+)
+
+ACTIVE_STATES = ("Created", "Enqueued", "Scheduled", "Processing")
+TERMINAL_STATES = ("Succeeded", "Failed", "Deleted")
+
+
+# users and tokens -----------------------------------------------------------------------
+def count_users(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(User)) or 0
+
+
+def user_by_token_hash(s: Session, token_hash: str) -> User | None:
+    return s.scalar(select(User).join(Token, Token.user_id == User.id).where(Token.token_hash == token_hash))
+
+
+def user_by_name(s: Session, username: str) -> User | None:
+    return s.scalar(select(User).where(User.username == username))
+
+
+def add_user(s: Session, username: str, is_admin: bool, token_hash: str, now: datetime) -> User:
+    user = User(username=username, is_admin=is_admin, created_at=now)
+    s.add(user)
+    s.flush()
+    s.add(Token(token_hash=token_hash, user_id=user.id, created_at=now))
+    return user
+
+
+# orgs, members, datasets ------------------------------------------------------------------
+def org_by_slug(s: Session, slug: str) -> Org | None:
+    return s.scalar(select(Org).where(Org.slug == slug))
+
+
+def add_org(s: Session, slug: str, name: str, owner_id: int, now: datetime) -> Org:
+    org = Org(slug=slug, name=name, owner_id=owner_id, created_at=now)
+    s.add(org)
+    s.flush()
+    return org
+
+
+def is_member(s: Session, org_id: int, user_id: int) -> bool:
+    return s.get(Member, (org_id, user_id)) is not None
+
+
+def add_member(s: Session, org_id: int, user_id: int) -> None:
+    if not is_member(s, org_id, user_id):
+        s.add(Member(org_id=org_id, user_id=user_id))
+
+
+def dataset_by_slug(s: Session, org_id: int, slug: str) -> Dataset | None:
+    return s.scalar(select(Dataset).where(Dataset.org_id == org_id, Dataset.slug == slug))
+
+
+def add_dataset(s: Session, org_id: int, slug: str, visibility: str, now: datetime) -> Dataset:
+    ds = Dataset(org_id=org_id, slug=slug, visibility=visibility, created_at=now)
+    s.add(ds)
+    s.flush()
+    return ds
+
+
+# entries ------------------------------------------------------------------------------------
+def entry_by_path(s: Session, dataset_id: int, path: str) -> Entry | None:
+    return s.scalar(select(Entry).where(Entry.dataset_id == dataset_id, Entry.path == path))
+
+
+def upsert_entry(s: Session, dataset_id: int, path: str, **values: Any) -> tuple[Entry, bool]:
+    """Insert or update an entry; returns it and whether it was new."""
+    entry = entry_by_path(s, dataset_id, path)
+    created = entry is None
+    if entry is None:
+        entry = Entry(dataset_id=dataset_id, path=path)
+        s.add(entry)
+    for key, value in values.items():
+        setattr(entry, key, value)
+    s.flush()
+    return entry, created
+
+
+def list_entries(
+    s: Session, dataset_id: int, folder: str | None, entry_type: str | None, recursive: bool
+) -> list[Entry]:
+    query = select(Entry).where(Entry.dataset_id == dataset_id)
+    prefix = folder + "/" if folder else ""
+    if prefix:
+        query = query.where(Entry.path.startswith(prefix, autoescape=True))
+    if entry_type:
+        query = query.where(Entry.type == entry_type)
+    rows = s.scalars(query.order_by(Entry.path)).all()
+    if recursive:
+        return list(rows)
+    return [e for e in rows if "/" not in e.path[len(prefix):]]
+
+
+def delete_entries(s: Session, dataset_id: int, path: str) -> int:
+    """Delete an entry and, if it is a folder, everything below it."""
+    result = s.execute(
+        delete(Entry).where(
+            Entry.dataset_id == dataset_id,
+            or_(Entry.path == path, Entry.path.startswith(path + "/", autoescape=True)),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# tasks ----------------------------------------------------------------------------------------
+def find_dedup_match(
+    s: Session, dataset_id: int, request_hash: str, since: datetime, now: datetime
+) -> Task | None:
+    """An active task with this hash, or a Succeeded one since ``since`` whose artifact lives."""
+    active = s.scalar(
+        select(Task)
+        .where(Task.dataset_id == dataset_id, Task.request_hash == request_hash, Task.active)
+        .order_by(Task.created_at.desc())
+        .limit(1)
+    )
+    if active is not None:
+        return active
+    candidates = s.scalars(
+        select(Task)
+        .where(
+            Task.dataset_id == dataset_id,
+            Task.request_hash == request_hash,
+            Task.state == "Succeeded",
+            Task.finished_at >= since,
+        )
+        .order_by(Task.finished_at.desc())
+        .limit(5)
+    ).all()
+    for task in candidates:
+        artifact = s.get(Artifact, task.id)
+        if artifact is None or (not artifact.expired and artifact.expires_at > now):
+            return task
+    return None
+
+
+def count_active(
+    s: Session,
+    *,
+    org_id: int | None = None,
+    user_id: int | None = None,
+    tool_id: str | None = None,
+) -> int:
+    query = select(func.count()).select_from(Task).where(Task.active)
+    if org_id is not None:
+        query = query.where(Task.org_id == org_id)
+    if user_id is not None:
+        query = query.where(Task.user_id == user_id)
+    if tool_id is not None:
+        query = query.where(Task.tool_id == tool_id)
+    return s.scalar(query) or 0
+
+
+def get_task(s: Session, task_id: str, *, for_update: bool = False) -> Task | None:
+    if for_update:
+        return s.scalar(select(Task).where(Task.id == task_id).with_for_update())
+    return s.get(Task, task_id)
+
+
+def list_tasks(
+    s: Session,
+    *,
+    dataset_id: int | None = None,
+    tool_id: str | None = None,
+    state: str | None = None,
+    user_id: int | None = None,
+    skip: int = 0,
+    take: int = 50,
+) -> tuple[Sequence[Task], int]:
+    conditions = []
+    if dataset_id is not None:
+        conditions.append(Task.dataset_id == dataset_id)
+    if tool_id:
+        conditions.append(func.lower(Task.tool_id) == tool_id.lower())
+    if state:
+        conditions.append(Task.state == state)
+    if user_id is not None:
+        conditions.append(Task.user_id == user_id)
+    total = s.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    rows = s.scalars(
+        select(Task)
+        .where(*conditions)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+        .offset(skip)
+        .limit(take)
+    ).all()
+    return rows, total
+
+
+def active_tasks(s: Session) -> Sequence[Task]:
+    return s.scalars(select(Task).where(Task.active).order_by(Task.created_at)).all()
+
+
+def kept_log_lines(s: Session, task_id: str, since: int = 0) -> Sequence[TaskLogLine]:
+    return s.scalars(
+        select(TaskLogLine)
+        .where(TaskLogLine.task_id == task_id, TaskLogLine.seq >= since)
+        .order_by(TaskLogLine.seq)
+    ).all()
+
+
+def add_log_lines(s: Session, task_id: str, first_seq: int, lines: Iterable[str]) -> None:
+    s.add_all(
+        TaskLogLine(task_id=task_id, seq=first_seq + i, line=line, nbytes=len(line.encode()))
+        for i, line in enumerate(lines)
+    )
+
+
+def drop_log_lines_before(s: Session, task_id: str, seq: int) -> None:
+    s.execute(delete(TaskLogLine).where(TaskLogLine.task_id == task_id, TaskLogLine.seq < seq))
+
+
+def delete_tasks(s: Session, task_ids: Sequence[str]) -> None:
+    if not task_ids:
+        return
+    s.execute(delete(TaskLogLine).where(TaskLogLine.task_id.in_(task_ids)))
+    s.execute(delete(Artifact).where(Artifact.task_id.in_(task_ids)))
+    s.execute(delete(Task).where(Task.id.in_(task_ids)))
+
+
+def terminal_task_ids(
+    s: Session, *, dataset_id: int | None = None, tool_id: str | None = None,
+    finished_before: datetime | None = None,
+) -> list[str]:
+    query = select(Task.id).where(~Task.active)
+    if dataset_id is not None:
+        query = query.where(Task.dataset_id == dataset_id)
+    if tool_id:
+        query = query.where(func.lower(Task.tool_id) == tool_id.lower())
+    if finished_before is not None:
+        query = query.where(Task.finished_at < finished_before)
+    return list(s.scalars(query).all())
+
+
+def set_task_state(s: Session, task_id: str, **values: Any) -> None:
+    s.execute(update(Task).where(Task.id == task_id).values(**values))
+
+
+# artifacts ------------------------------------------------------------------------------------
+def get_artifact(s: Session, task_id: str) -> Artifact | None:
+    return s.get(Artifact, task_id)
+
+
+def artifacts_of(s: Session, task_ids: Sequence[str]) -> Sequence[Artifact]:
+    if not task_ids:
+        return []
+    return s.scalars(select(Artifact).where(Artifact.task_id.in_(task_ids))).all()
+
+
+def expired_artifacts(s: Session, now: datetime) -> Sequence[Artifact]:
+    return s.scalars(
+        select(Artifact).where(~Artifact.expired, Artifact.expires_at <= now)
+    ).all()

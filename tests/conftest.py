@@ -1,0 +1,181 @@
+"""Shared fixtures: a real Dask cluster, real services on real sockets, real HTTP clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from distributed import LocalCluster
+
+from procplat.api.app import create_app
+from procplat.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """One LocalCluster (worker processes) shared by the services of the test session."""
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+        env={"GDAL_CACHEMAX": "128"},
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, token: str | None = ADMIN_TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        self.clients.append(client)
+        return client
+
+    @property
+    def app_state(self) -> Any:
+        return self.server.config.app.state  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def start_server(settings: Settings) -> LiveServer:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, server=server, thread=thread)
+
+
+def settings_for(data: Path, dask_address: str | None, **overrides: Any) -> Settings:
+    return Settings(
+        data=data,
+        dask_address=dask_address,
+        admin_token=ADMIN_TOKEN,
+        progress_update_throttle_seconds=0.2,
+        dashboard_address=":0",
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def server(dask_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The default service for most tests (shared for speed)."""
+    live = start_server(settings_for(tmp_path_factory.mktemp("data"), dask_address))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def make_server(dask_address: str, tmp_path: Path) -> Iterator[Any]:
+    """Start a service with custom settings; stopped at the end of the test."""
+    started: list[LiveServer] = []
+
+    def make(**overrides: Any) -> LiveServer:
+        data = tmp_path / f"data-{len(started)}"
+        live = start_server(settings_for(data, dask_address, **overrides))
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        live.stop()
+
+
+@dataclass
+class World:
+    """A user with an org and a private dataset on a live server."""
+
+    server: LiveServer
+    admin: httpx.Client
+    user: httpx.Client
+    username: str
+    token: str
+    org: str
+    ds: str
+
+    @property
+    def ds_url(self) -> str:
+        return f"/orgs/{self.org}/ds/{self.ds}"
+
+    @property
+    def tasks_url(self) -> str:
+        return f"{self.ds_url}/tasks"
+
+    @property
+    def root(self) -> Path:
+        return self.server.settings.datasets_dir / self.org / self.ds
+
+    def upload(self, path: str, content: bytes) -> dict[str, Any]:
+        response = self.user.put(f"{self.ds_url}/files/{path}", content=content)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    def submit(self, tool: str, params: dict[str, Any] | None = None, **extra: Any) -> httpx.Response:
+        return self.user.post(self.tasks_url, json={"toolId": tool, "params": params or {}, **extra})
+
+    def wait(self, task_id: str, timeout: float = 60, states: tuple[str, ...] = ("Succeeded", "Failed", "Deleted")) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.user.get(f"{self.tasks_url}/{task_id}").json()
+            if status["state"] in states:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task stuck in {status['state']}: {status}")
+            time.sleep(0.05)
+
+
+def new_world(live: LiveServer, *, visibility: str = "private") -> World:
+    admin = live.client()
+    name = f"u{uuid.uuid4().hex[:10]}"
+    created = admin.post("/users", json={"username": name})
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    user = live.client(token)
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    assert user.post("/orgs", json={"slug": org}).status_code == 201
+    assert user.post(f"/orgs/{org}/ds", json={"slug": "ds", "visibility": visibility}).status_code == 201
+    return World(server=live, admin=admin, user=user, username=name, token=token, org=org, ds="ds")
+
+
+@pytest.fixture
+def world(server: LiveServer) -> World:
+    return new_world(server)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_gdal() -> None:
+    os.environ.setdefault("CPL_LOG", "/dev/null")

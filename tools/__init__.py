@@ -1,0 +1,1 @@
+"""Tools: one module per tool, pure functions and lazy graphs, independent of the service."""

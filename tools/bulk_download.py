@@ -1,0 +1,229 @@
+"""The ``bulk-download`` tool: a ZIP64 archive of a selection of entries or a whole dataset.
+
+Members come from :func:`tools.zip_policy.archive_members` (folders recursively; no paths =
+the whole dataset with ``.ddb`` but without ``.ddb/build`` and ``.ddb/tmp``) and are
+compressed per :func:`tools.zip_policy.compress_type` (already-compressed files stored, the
+rest deflated at zlib's default level, 6). Files are streamed in 1 MiB chunks into a
+temporary ``.<name>.partial`` in the work folder, renamed to the final name at the end and
+removed on cancellation or error.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.contract import (
+    InvalidParams,
+    Plan,
+    Reporter,
+    ToolContext,
+    ToolError,
+    ToolResult,
+    ToolSpec,
+)
+from tools.zip_policy import Member, archive_members, compress_type
+
+CHUNK = 1024 * 1024
+FORCE_ZIP64_FROM = 1024**3
+PROGRESS_INTERVAL = 0.2
+LOG_STEP = 0.05
+LARGE_FILE_MIN = 16 * 1024**2
+MEMBER_OVERHEAD = 160
+ARCHIVE_OVERHEAD = 100
+PHASE = "archiving"
+_BAD_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
+
+SPEC = ToolSpec(
+    id="bulk-download",
+    version="1",
+    title="Download files as a ZIP archive",
+    required_access="Read",
+    produces_artifact=True,
+    result_extension=".zip",
+    input_schema={
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "paths": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "maxItems": 10000,
+                "description": "Files or folders (recursively) to archive; null = whole dataset.",
+            },
+            "archiveName": {
+                "type": ["string", "null"],
+                "maxLength": 200,
+                "description": "Base name of the archive; '.zip' is appended when missing.",
+            },
+        },
+    },
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What an archive will contain and what it will be called."""
+
+    members: list[Member]
+    archive_name: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(m.size for m in self.members)
+
+    @property
+    def estimated_output_bytes(self) -> int:
+        overhead = sum(MEMBER_OVERHEAD + 2 * len(m.arcname.encode()) for m in self.members)
+        return self.total_bytes + overhead + ARCHIVE_OVERHEAD
+
+
+def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
+    """Check names and paths, expand the selection, estimate the archive size."""
+    selection = select(params, dataset_root)
+    return Plan(estimated_output_bytes=selection.estimated_output_bytes)
+
+
+def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    """Write the archive into ``ctx.work_dir`` and return it as the artifact."""
+    selection = select(params, ctx.dataset_root)
+    final = ctx.work_dir / selection.archive_name
+    partial = ctx.work_dir / f".{selection.archive_name}.partial"
+    total = selection.total_bytes
+    ctx.reporter.log(f"Archiving {len(selection.members)} files ({_mb(total)})")
+    try:
+        _write_archive(partial, selection.members, _Meter(ctx.reporter, total))
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    size = final.stat().st_size
+    ctx.reporter.progress(1.0, PHASE)
+    ctx.reporter.log(f"Archive complete: {len(selection.members)} files, {_mb(size)}")
+    return ToolResult(
+        artifact=final,
+        summary={"files": len(selection.members), "bytes": total, "archiveBytes": size},
+    )
+
+
+def select(params: dict[str, Any], dataset_root: Path) -> Selection:
+    """The members and the archive name of a run, or :class:`InvalidParams`."""
+    paths = params.get("paths")
+    if paths is not None and not (
+        isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)
+    ):
+        raise InvalidParams("paths must be a non-empty list of strings or null")
+    name = archive_name(params.get("archiveName"), dataset_root)
+    return Selection(members=archive_members(dataset_root, paths), archive_name=name)
+
+
+def archive_name(requested: str | None, dataset_root: Path) -> str:
+    """A safe base name ending in ``.zip``: the requested one or ``<dataset>.zip``."""
+    if requested is None:
+        return f"{dataset_root.resolve().name or 'dataset'}.zip"
+    if not isinstance(requested, str) or not requested.strip():
+        raise InvalidParams("archiveName must be a non-empty file name")
+    shown = requested.encode("unicode_escape").decode("ascii")
+    if _BAD_NAME.search(requested) or requested in (".", ".."):
+        raise InvalidParams(
+            f"archiveName '{shown}' must be a plain file name "
+            "(no '/', '\\', wildcards or control characters)"
+        )
+    if len(requested) > 200:
+        raise InvalidParams("archiveName is longer than 200 characters")
+    return requested if requested.lower().endswith(".zip") else f"{requested}.zip"
+
+
+class _Meter:
+    """Byte progress: throttled progress calls, a log line every 5% and per large file."""
+
+    def __init__(self, reporter: Reporter, total: int) -> None:
+        self.reporter = reporter
+        self.total = total
+        self.done = 0
+        self.last_report = time.monotonic()
+        self.next_log = LOG_STEP
+        reporter.progress(0.0, PHASE)
+
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 1.0
+
+    def starting(self, member: Member) -> None:
+        if member.size >= max(LARGE_FILE_MIN, self.total * LOG_STEP):
+            self.reporter.log(f"Adding {member.arcname} ({_mb(member.size)})")
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if now - self.last_report >= PROGRESS_INTERVAL:
+            self.last_report = now
+            self.reporter.progress(self.fraction(), PHASE)
+        if self.fraction() >= self.next_log and self.fraction() < 1.0:
+            self.reporter.log(f"Archived {_mb(self.done)} of {_mb(self.total)}")
+            self.next_log = (int(self.fraction() / LOG_STEP) + 1) * LOG_STEP
+        self.reporter.check_cancelled()
+
+
+def _write_archive(target: Path, members: list[Member], meter: _Meter) -> None:
+    with zipfile.ZipFile(target, "w", allowZip64=True) as zf:
+        for member in members:
+            meter.reporter.check_cancelled()
+            meter.starting(member)
+            _write_member(zf, member, meter)
+
+
+def _write_member(zf: zipfile.ZipFile, member: Member, meter: _Meter) -> None:
+    with _open_source(member) as src:
+        info = _zipinfo(member)
+        with zf.open(info, "w", force_zip64=info.file_size >= FORCE_ZIP64_FROM) as dst:
+            for chunk in _chunks(src, member):
+                dst.write(chunk)
+                meter.advance(len(chunk))
+
+
+def _open_source(member: Member) -> io.BufferedReader:
+    try:
+        return open(member.path, "rb")
+    except OSError as exc:
+        raise _unreadable(member, exc) from None
+
+
+def _zipinfo(member: Member) -> zipfile.ZipInfo:
+    try:
+        info = zipfile.ZipInfo.from_file(member.path, member.arcname, strict_timestamps=False)
+    except OSError as exc:
+        raise _unreadable(member, exc) from None
+    info.compress_type = compress_type(member.arcname)
+    return info
+
+
+def _chunks(src: io.BufferedReader, member: Member) -> Iterator[memoryview]:
+    """1 MiB views of one reused buffer: never more than a chunk of the file in memory."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while True:
+        try:
+            n = src.readinto(buffer)
+        except OSError as exc:
+            raise _unreadable(member, exc) from None
+        if not n:
+            return
+        yield view[:n]
+
+
+def _unreadable(member: Member, exc: OSError) -> ToolError:
+    reason = exc.strerror or str(exc)
+    return ToolError(f"'{member.arcname}' vanished or became unreadable during the run: {reason}")
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB"

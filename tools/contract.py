@@ -1,0 +1,122 @@
+"""The contract between a tool and whoever runs it (the service, a notebook, a test).
+
+A tool is one module in ``tools/`` exposing three names:
+
+- ``SPEC``: a :class:`ToolSpec` (id, version, title, access, artifact, JSON Schema);
+- ``validate(params, dataset_root) -> Plan``: cheap checks run *before* queueing (entries
+  exist, paths safe, values make sense); raises :class:`InvalidParams` with a message a
+  person can act on; returns the estimated output size;
+- ``run(params, ctx) -> ToolResult``: the work itself. It talks back only through
+  ``ctx.reporter`` (progress, log, cancelled?) and its return value. Outputs are written
+  into ``ctx.work_dir`` (artifacts) or a temporary name inside the dataset and renamed
+  into place, so a run that is killed or cancelled leaves nothing half-written.
+
+Nothing here imports the service: a notebook can use every tool with a
+:class:`PrintReporter`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Access = Literal["Read", "Write"]
+
+
+class ToolError(Exception):
+    """A run failed for a reason a person can act on (the message says which)."""
+
+
+class InvalidParams(ToolError):
+    """Parameters are wrong; raised by ``validate`` before anything is queued."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled; raised by :meth:`Reporter.check_cancelled`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolSpec:
+    id: str
+    version: str
+    title: str
+    required_access: Access
+    produces_artifact: bool
+    result_extension: str | None
+    input_schema: dict[str, Any]
+
+    @property
+    def takes_path(self) -> bool:
+        """Whether a top-level ``path`` of a submission becomes ``params.path``."""
+        return "path" in self.input_schema.get("properties", {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What validation learnt about a run before it is queued."""
+
+    estimated_output_bytes: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolResult:
+    """What a run produced. Paths of entries are dataset-relative, POSIX style."""
+
+    artifact: Path | None = None
+    entries_added: list[str] = field(default_factory=list)
+    entries_removed: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+
+class Reporter(Protocol):
+    """How a running tool talks back to whoever runs it."""
+
+    def progress(self, fraction: float | None, phase: str | None = None) -> None:
+        """Report the fraction done (0..1, or None when unknown) of the current phase."""
+
+    def log(self, message: str) -> None:
+        """Append one human-readable line to the task log."""
+
+    def cancelled(self) -> bool:
+        """True once the run has been asked to stop."""
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if the run has been asked to stop."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolContext:
+    """Everything a run may touch besides its parameters."""
+
+    task_id: str
+    dataset_root: Path
+    work_dir: Path
+    reporter: Reporter
+
+
+class PrintReporter:
+    """A reporter for notebooks and scripts: prints log lines, never cancels."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.percent = 0
+        self.phase: str | None = None
+
+    def progress(self, fraction: float | None, phase: str | None = None) -> None:
+        if phase is not None:
+            self.phase = phase
+        if fraction is not None:
+            self.percent = round(max(0.0, min(1.0, fraction)) * 100)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}")
+
+    def cancelled(self) -> bool:
+        return False
+
+    def check_cancelled(self) -> None:
+        if self.cancelled():
+            raise Cancelled()
