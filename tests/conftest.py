@@ -89,14 +89,25 @@ def settings_for(data: Path, dask_address: str | None, **overrides: Any) -> Sett
     )
 
 
-@pytest.fixture(scope="session")
-def server(dask_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The default service for most tests (shared for speed)."""
-    live = start_server(settings_for(tmp_path_factory.mktemp("data"), dask_address))
+@pytest.fixture(scope="session", params=["local-cluster", "dask-processes"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The service most tests share, once on a LocalCluster and once on real
+    ``dask scheduler`` + two ``dask worker`` processes on loopback."""
+    dask = None
+    if request.param == "local-cluster":
+        address = request.getfixturevalue("dask_address")
+    else:
+        from tests.processes import start_dask
+
+        dask = start_dask(tmp_path_factory.mktemp("dask"))
+        address = dask.address
+    live = start_server(settings_for(tmp_path_factory.mktemp("data"), address))
     try:
         yield live
     finally:
         live.stop()
+        if dask is not None:
+            dask.stop()
 
 
 @pytest.fixture

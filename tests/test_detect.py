@@ -9,21 +9,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
-from rasterio.transform import from_origin
+from rasterio.errors import NotGeoreferencedWarning
+
+from tools.detect import ENTRY_TYPES, Detected, detect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # no root conftest puts the repo on sys.path (yet)
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tools.detect import ENTRY_TYPES, Detected, detect  # noqa: E402
 
 UTM33_ORIGIN = (500_000.0, 5_000_000.0)  # on zone 33's central meridian (15°E), ~45.1°N
 EQUIRECTANGULAR_XMP = (
@@ -48,21 +48,25 @@ def write_geotiff(
     height: int = 20,
     **profile: Any,
 ) -> Path:
-    """Write a small tiled-or-striped GeoTIFF (no CRS and no transform when ``crs`` is None)."""
+    """Write a small GeoTIFF with 10 m pixels (no CRS, no transform when ``crs`` is None)."""
     georef: dict[str, Any] = {}
     if crs is not None:
-        georef = {"crs": crs, "transform": from_origin(*UTM33_ORIGIN, 10.0, 10.0)}
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-        nodata=nodata, **georef, **profile,
-    ) as dst:
-        dst.write(np.ones((count, height, width), dtype=dtype))
+        georef = {"crs": crs, "transform": Affine(10.0, 0.0, UTM33_ORIGIN[0],
+                                                  0.0, -10.0, UTM33_ORIGIN[1])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
+            nodata=nodata, **georef, **profile,
+        ) as dst:
+            dst.write(np.ones((count, height, width), dtype=dtype))
     return path
 
 
 def dms(degrees: int, minutes: int, seconds: float) -> tuple[IFDRational, ...]:
     """EXIF degrees/minutes/seconds rationals."""
-    return (IFDRational(degrees, 1), IFDRational(minutes, 1), IFDRational(round(seconds * 100), 100))
+    seconds_rational = IFDRational(round(seconds * 100), 100)
+    return (IFDRational(degrees, 1), IFDRational(minutes, 1), seconds_rational)
 
 
 def gps_exif(
@@ -283,9 +287,12 @@ def test_gps_with_zero_denominators_is_ignored(tmp_path: Path) -> None:
 
 
 def test_tiff_without_crs_but_with_exif_gps_is_a_geoimage(tmp_path: Path) -> None:
-    detected = detect(write_picture(tmp_path / "photo.tif", fmt="TIFF", exif=gps_exif()))
+    exif = gps_exif()  # Pillow's TIFF writer drops Exif sub-IFDs: pass GPS as a nested IFD
+    tags = {0x010F: exif[0x010F], 0x8825: dict(exif.get_ifd(0x8825))}
+    detected = detect(write_picture(tmp_path / "photo.tif", fmt="TIFF", tiffinfo=tags))
     assert detected.type == "geoimage"
     assert detected.properties["gps"]["latitude"] < 0
+    assert detected.properties["make"] == "TestMake"
 
 
 @pytest.mark.parametrize(

@@ -129,7 +129,7 @@ def select(params: dict[str, Any], dataset_root: Path) -> Selection:
 def archive_name(requested: str | None, dataset_root: Path) -> str:
     """A safe base name ending in ``.zip``: the requested one or ``<dataset>.zip``."""
     if requested is None:
-        return f"{dataset_root.resolve().name or 'dataset'}.zip"
+        return f"{Path(os.path.abspath(dataset_root)).name or 'dataset'}.zip"
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidParams("archiveName must be a non-empty file name")
     shown = requested.encode("unicode_escape").decode("ascii")

@@ -93,11 +93,12 @@ _SUFFIXES_LONGEST_FIRST = sorted(_SUFFIX_TYPES, key=len, reverse=True)
 _TIFF_SUFFIXES = frozenset((".tif", ".tiff"))
 
 _PANORAMA_MIN_WIDTH = 2000
-_FOOTPRINT_SEGMENTS_PER_EDGE = 16
+_FOOTPRINT_SEGMENTS_PER_EDGE = 8
 _FOOTPRINT_DECIMALS = 8
 _ERROR_MAX_CHARS = 200
 _WEBP_METADATA_MAX_BYTES = 4 << 20  # larger EXIF/XMP chunks are skipped, not read
-_PIL_FORMATS = ("JPEG", "MPO", "PNG", "TIFF")  # WebP is read by _read_webp_header
+# Pillow formats tried (JPEG also yields MPO); WebP is read by _read_webp_header instead.
+_PIL_FORMATS = ("JPEG", "PNG", "TIFF")
 _EQUIRECTANGULAR = re.compile(rb"ProjectionType\s*(?:=\s*[\"']|>)\s*equirectangular", re.I)
 _UTC_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
 
@@ -241,7 +242,8 @@ def _short_error(path: Path, exc: Exception) -> str:
 
 def _read_picture(path: Path) -> _Picture:
     """Read size, EXIF and XMP of a picture; raises when it cannot be read."""
-    from PIL import Image
+    # Importing the three plugins registers them, so Pillow never loads all the others.
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -452,7 +454,10 @@ def _georaster_properties(src: DatasetReader) -> dict[str, Any]:
 
 def _crs_string(crs: CRS) -> str:
     """``EPSG:<code>`` when the CRS has one, else its WKT."""
-    epsg = crs.to_epsg()
+    try:
+        epsg = crs.to_epsg()
+    except Exception:  # noqa: BLE001 - no EPSG lookup possible: fall back to WKT
+        epsg = None
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 

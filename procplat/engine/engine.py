@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from distributed import Client, Event, Future, LocalCluster
+from distributed import Client, Event, Future, LocalCluster, fire_and_forget
 
 from procplat.engine.job import EVENT_TOPIC, ArtifactInfo, Job, Outcome, cancel_event_name
 from procplat.engine.worker import TaskCancelled, TaskFailed, run_job
@@ -104,9 +104,11 @@ class Engine:
     # submitting and re-attaching --------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
         assert self.client is not None, "engine not started"
-        future = self.client.submit(
-            run_job, job, key=job.task_id, pure=False, retries=0, resources=None
-        )
+        future = self.client.submit(run_job, job, key=job.task_id, pure=False)
+        if self._address:
+            # On a shared scheduler the work outlives a restart of the service, which then
+            # re-attaches to it (see Supervisor.recover).
+            fire_and_forget(future)
         self._track(future, job)
 
     async def scheduler_states(self, keys: Iterable[str]) -> dict[str, str]:
@@ -124,7 +126,13 @@ class Engine:
     def attach(self, job: Job) -> None:
         """Follow a future the scheduler still has from before a restart of the service."""
         assert self.client is not None
-        self._track(Future(job.task_id, client=self.client, inform=True), job)
+        future = Future(job.task_id, client=self.client)
+        # Tell the scheduler this client wants the key, so it reports the key's outcome to us
+        # (what Client._inform_scheduler_of_futures does on reconnect).
+        self.client._send_to_scheduler(
+            {"op": "client-desires-keys", "keys": [job.task_id], "client": self.client.id}
+        )
+        self._track(future, job)
 
     def _track(self, future: Future, job: Job) -> None:
         self._futures[job.task_id] = (future, job)
