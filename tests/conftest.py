@@ -89,19 +89,47 @@ def settings_for(data: Path, dask_address: str | None, **overrides: Any) -> Sett
     )
 
 
-@pytest.fixture(scope="session", params=["local-cluster", "dask-processes"])
+POSTGRES_URL = os.environ.get("PROCPLAT_TEST_POSTGRES_URL")
+DATABASES = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
+
+
+def fresh_database_url(kind: str) -> str | None:
+    """None (SQLite in the data folder) or a new, empty PostgreSQL database."""
+    if kind == "sqlite":
+        return None
+    import sqlalchemy
+
+    assert POSTGRES_URL is not None
+    name = f"procplat_test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+SERVER_KINDS = ["local-cluster", "dask-processes"] + (["postgres"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The service most tests share, once on a LocalCluster and once on real
-    ``dask scheduler`` + two ``dask worker`` processes on loopback."""
+    """The service most tests share: on a LocalCluster; on real ``dask scheduler`` + two
+    ``dask worker`` processes on loopback; and (when PROCPLAT_TEST_POSTGRES_URL is set, as in
+    CI) on a LocalCluster with a PostgreSQL index."""
     dask = None
-    if request.param == "local-cluster":
-        address = request.getfixturevalue("dask_address")
-    else:
+    database_url = None
+    if request.param == "dask-processes":
         from tests.processes import start_dask
 
         dask = start_dask(tmp_path_factory.mktemp("dask"))
         address = dask.address
-    live = start_server(settings_for(tmp_path_factory.mktemp("data"), address))
+    else:
+        address = request.getfixturevalue("dask_address")
+        if request.param == "postgres":
+            database_url = fresh_database_url("postgres")
+    live = start_server(settings_for(
+        tmp_path_factory.mktemp("data"), address, database_url=database_url
+    ))
     try:
         yield live
     finally:
@@ -110,13 +138,14 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             dask.stop()
 
 
-@pytest.fixture
-def make_server(dask_address: str, tmp_path: Path) -> Iterator[Any]:
-    """Start a service with custom settings; stopped at the end of the test."""
+@pytest.fixture(params=DATABASES)
+def make_server(request: pytest.FixtureRequest, dask_address: str, tmp_path: Path) -> Iterator[Any]:
+    """Start a service with custom settings (on each index database); stopped at the end."""
     started: list[LiveServer] = []
 
     def make(**overrides: Any) -> LiveServer:
         data = tmp_path / f"data-{len(started)}"
+        overrides.setdefault("database_url", fresh_database_url(request.param))
         live = start_server(settings_for(data, dask_address, **overrides))
         started.append(live)
         return live

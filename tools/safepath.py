@@ -1,9 +1,9 @@
 """The one safe-path function: every route and tool turns user paths into files with it.
 
 A user path is dataset-relative, POSIX style. It may not be absolute, carry a drive letter
-or a backslash, contain NUL or other control characters, contain a ``..`` segment, or point
-into the service's own ``.ddb`` folder; once resolved (symlinks followed) it must still lie
-inside the dataset.
+or a backslash, contain NUL or other control characters, contain a ``..`` segment, point
+into the service's own ``.ddb`` folder, or be longer than the file system and the index
+allow; once resolved (symlinks followed) it must still lie inside the dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from tools.contract import InvalidParams
 SERVICE_FOLDER = ".ddb"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 255  # NAME_MAX of the usual file systems (longer names fail with ENAMETOOLONG)
+MAX_PATH_CHARS = 1024  # the index's entry path column
 
 
 class UnsafePath(InvalidParams):
@@ -42,6 +44,10 @@ def normalize_relpath(user_path: str, *, allow_root: bool = False) -> str:
         raise UnsafePath(f"path '{shown}' contains '..'")
     if parts and parts[0].lower() == SERVICE_FOLDER:
         raise UnsafePath(f"path '{shown}' points into the service folder {SERVICE_FOLDER}")
+    if len(user_path) > MAX_PATH_CHARS:
+        raise UnsafePath(f"path is too long ({len(user_path)} characters; at most {MAX_PATH_CHARS})")
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
+        raise UnsafePath(f"path '{shown[:80]}...' has a name too long (at most {MAX_NAME_BYTES} bytes)")
     if not parts and not allow_root:
         raise UnsafePath("path is empty")
     return "/".join(parts)

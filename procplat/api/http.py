@@ -44,9 +44,14 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         raise BadRequest("a JSON body is required")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+        # unpaired surrogates (\ud800) parse, but no file name, hash or index column takes them
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    return value
 
 
 def caller(request: Request) -> Principal | None:
