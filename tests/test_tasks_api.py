@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import random
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -14,17 +16,20 @@ import pytest
 from tests.conftest import LiveServer, World, new_world
 
 
-def big_text(n_bytes: int, seed: int = 0) -> bytes:
-    """Text that deflates slowly enough to keep a task busy for a while."""
-    rng = __import__("random").Random(seed)
+@functools.lru_cache(maxsize=8)
+def _text_block(seed: int) -> bytes:
+    rng = random.Random(seed)
     words = [hashlib.sha1(str(i).encode()).hexdigest()[: rng.randint(3, 12)] for i in range(5000)]
-    out = io.StringIO()
-    size = 0
-    while size < n_bytes:
-        line = " ".join(rng.choice(words) for _ in range(12)) + "\n"
-        out.write(line)
-        size += len(line)
-    return out.getvalue().encode()[:n_bytes]
+    lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(40_000))
+    return "\n".join(lines).encode()
+
+
+def big_text(n_bytes: int, seed: int = 0) -> bytes:
+    """Text that deflates at ~30 MB/s (slow enough to keep a task busy for a while).
+
+    A 2 MB block repeated: deflate's 32 KiB window cannot see the repetition."""
+    block = _text_block(seed)
+    return (block * (n_bytes // len(block) + 1))[:n_bytes]
 
 
 def test_submit_runs_bulk_download_to_a_downloadable_artifact(world: World) -> None:
@@ -246,3 +251,19 @@ def test_tool_lookup_is_case_insensitive_and_versioned(world: World, tool: str) 
     bulk = next(t for t in tools if t["id"] == "bulk-download")
     assert bulk["producesArtifact"] and bulk["resultExtension"] == ".zip"
     assert bulk["inputSchema"]["additionalProperties"] is False
+
+
+def test_log_ring_buffer_keeps_the_newest_lines_within_limits(make_server) -> None:
+    live: LiveServer = make_server(log_tail_max_lines=4, log_tail_max_bytes=150)
+    w = new_world(live)
+    w.upload("ring/big.txt", big_text(20_000_000, seed=3))
+    task_id = w.submit("bulk-download", {"paths": ["ring"]}).json()["taskId"]
+    assert w.wait(task_id)["state"] == "Succeeded"
+    page = w.user.get(f"{w.tasks_url}/{task_id}/log", params={"since": 0}).json()
+    kept = page["lines"]
+    assert page["cursor"] > 4 and page["truncatedFromTail"] == page["cursor"] - len(kept)
+    assert 1 <= len(kept) <= 4
+    assert sum(len(line.encode()) for line in kept) <= 150
+    assert "Archive complete" in kept[-1]
+    newest = w.user.get(f"{w.tasks_url}/{task_id}/log", params={"since": page["cursor"] - 1}).json()
+    assert newest["lines"] == kept[-1:]

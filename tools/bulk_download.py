@@ -138,8 +138,8 @@ def archive_name(requested: str | None, dataset_root: Path) -> str:
             f"archiveName '{shown}' must be a plain file name "
             "(no '/', '\\', wildcards or control characters)"
         )
-    if len(requested) > 200:
-        raise InvalidParams("archiveName is longer than 200 characters")
+    if len(requested.encode("utf-8", "surrogatepass")) > 200:  # a file name: 255 bytes at most
+        raise InvalidParams("archiveName is longer than 200 bytes (UTF-8)")
     return requested if requested.lower().endswith(".zip") else f"{requested}.zip"
 
 

@@ -350,18 +350,25 @@ def _parse_range_spec(spec: str, size: int) -> _Span | None:
     """One spec → its span, or None if unsatisfiable; raises _MalformedRange."""
     suffix = _SUFFIX_RANGE.fullmatch(spec)
     if suffix is not None:
-        length = int(suffix.group(1))
+        length = _decimal(suffix.group(1))
         return (max(size - length, 0), size) if length > 0 and size > 0 else None
     bounded = _INT_RANGE.fullmatch(spec)
     if bounded is None:
         raise _MalformedRange(spec)
-    first = int(bounded.group(1))
-    last = int(bounded.group(2)) if bounded.group(2) else None
+    first = _decimal(bounded.group(1))
+    last = _decimal(bounded.group(2)) if bounded.group(2) else None
     if last is not None and last < first:
         raise _MalformedRange(spec)
     if first >= size:
         return None
     return (first, size if last is None else min(last + 1, size))
+
+
+def _decimal(digits: str) -> int:
+    """ASCII digits as an int; numbers longer than any file size saturate at 10**30
+    (``int()`` refuses strings of more than 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 30 else 10**30
 
 
 def _coalesce(spans: list[_Span]) -> list[_Span]:

@@ -56,12 +56,21 @@ def request_hash(tool_id: str, version: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def clamp_take(skip: Any, take: Any) -> tuple[int, int]:
+SQL_INT_MAX = 2**63 - 1  # numbers from a query go into SQL as 64-bit integers
+
+
+def int_param(value: Any, name: str, default: int) -> int:
+    """A query parameter as an integer within what SQL takes (400 when not an integer)."""
     try:
-        skip_n = max(0, int(skip if skip is not None else 0))
-        take_n = int(take if take is not None else 50)
+        number = int(value if value is not None else default)
     except (TypeError, ValueError):
-        raise BadRequest("skip and take must be integers") from None
+        raise BadRequest(f"{name} must be an integer") from None
+    return max(-SQL_INT_MAX, min(SQL_INT_MAX, number))
+
+
+def clamp_take(skip: Any, take: Any) -> tuple[int, int]:
+    skip_n = max(0, int_param(skip, "skip", 0))
+    take_n = int_param(take, "take", 50)
     return skip_n, min(MAX_TAKE, max(1, take_n))
 
 
@@ -86,6 +95,8 @@ class Tasks:
         tool = self.registry.get(tool_id, version)
         if tool.spec.required_access == "Write" and not ref.can_write:
             raise Forbidden(f"{tool.spec.id} needs write access to '{org}/{ds}'")
+        if body.get("path") is not None and not tool.spec.takes_path:
+            raise BadRequest(f"{tool.spec.id} takes no path; name its inputs in params")
         if tool.spec.takes_path and "path" not in params and body.get("path") is not None:
             params["path"] = body["path"]
         plan = await anyio.to_thread.run_sync(tool.check_params, params, ref.root)
@@ -202,10 +213,7 @@ class Tasks:
             return self._status(s, self._task_in(s, ref, task_id), ref.org_slug, ref.slug)
 
     def log(self, caller: Principal | None, org: str, ds: str, task_id: str, since: Any) -> dict[str, Any]:
-        try:
-            since_n = max(0, int(since if since is not None else 0))
-        except (TypeError, ValueError):
-            raise BadRequest("since must be an integer") from None
+        since_n = max(0, int_param(since, "since", 0))
         ref = self.datasets.open(caller, org, ds, "Read")
         with self.db.read() as s:
             task = self._task_in(s, ref, task_id)
@@ -232,10 +240,7 @@ class Tasks:
         require_admin(caller)
         skip_n, take_n = clamp_take(skip, take)
         self._check_state(state)
-        try:
-            uid = int(user_id) if user_id not in (None, "") else None
-        except (TypeError, ValueError):
-            raise BadRequest("userId must be an integer") from None
+        uid = int_param(user_id, "userId", 0) if user_id not in (None, "") else None
         with self.db.read() as s:
             rows, total = q.list_tasks(
                 s, tool_id=tool_id, state=state, user_id=uid, skip=skip_n, take=take_n
