@@ -20,8 +20,8 @@ from typing import Any
 from distributed import Event, get_worker
 
 from procplat.engine.job import EVENT_TOPIC, Job, cancel_event_name
-from tools.hashing import sha256_file
 from tools.contract import Cancelled, ToolContext, ToolError, ToolResult
+from tools.hashing import sha256_file
 
 CANCEL_CHECK_INTERVAL = 0.2
 PROGRESS_INTERVAL = 0.25
