@@ -428,3 +428,74 @@ def test_zip_size_predicts_stored_only_archives(dataset: Path) -> None:
     assert zip_size(members) == len(data)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.read("cloud.laz") == BINARY_FILES["cloud.laz"]
+
+
+# --- parallel deflate ---------------------------------------------------------------------------
+
+
+def text_block(seed: int, size: int) -> bytes:
+    import random
+
+    rng = random.Random(seed)
+    words = [f"{rng.getrandbits(40):x}"[: rng.randint(3, 10)] for _ in range(3000)]
+    out = bytearray()
+    while len(out) < size:
+        out += (" ".join(rng.choice(words) for _ in range(12)) + "\n").encode()
+    return bytes(out[:size])
+
+
+@pytest.fixture
+def big_texts(tmp_path: Path) -> Path:
+    root = tmp_path / "texts"
+    write_files(root, {
+        "a/one.txt": text_block(1, 9 * 2**20),
+        "a/two.csv": text_block(2, 12 * 2**20),
+        "a/small.txt": b"small\n" * 100,
+        "b/three.json": text_block(3, 10 * 2**20),
+        "b/photo.jpg": os.urandom(2 * 2**20),
+    })
+    return root
+
+
+def test_large_text_files_are_deflated_in_pieces_deterministically(
+    big_texts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces: list[tuple[str, int]] = []
+    original = bulk_download.deflate_piece
+
+    def counting(piece, stop):  # type: ignore[no-untyped-def]
+        pieces.append((piece.arcname, piece.offset))
+        return original(piece, stop)
+
+    monkeypatch.setattr(bulk_download, "deflate_piece", counting)
+    runs = []
+    for name in ("w1", "w2"):
+        (tmp_path / name).mkdir()
+        result, _ = run_tool(big_texts, tmp_path / name, {"paths": ["a", "b"]})
+        assert os.listdir(tmp_path / name) == [result.artifact.name]
+        runs.append(result.artifact.read_bytes())
+    assert runs[0] == runs[1]
+    assert sorted(set(pieces)) == sorted(
+        [("a/one.txt", 0), ("a/one.txt", 8 * 2**20), ("a/two.csv", 0), ("a/two.csv", 8 * 2**20),
+         ("b/three.json", 0), ("b/three.json", 8 * 2**20)]
+    )
+    archive = tmp_path / "w1" / "texts.zip"
+    unzip_test(archive)
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            assert zf.read(name) == (big_texts / name).read_bytes()
+        big = zf.getinfo("a/two.csv")
+        assert big.compress_type == zipfile.ZIP_DEFLATED
+        assert big.compress_size < big.file_size * 0.8
+
+
+def test_cancel_during_parallel_deflate_leaves_nothing(big_texts: Path, work_dir: Path) -> None:
+    reporter = RecordingReporter(cancel_after_checks=3)
+    with pytest.raises(Cancelled):
+        run_tool(big_texts, work_dir, {"paths": ["a", "b"]}, reporter)
+    time.sleep(0.5)  # pieces already running finish or stop; their streams are removed
+    assert not [p for p in work_dir.iterdir() if not p.name.startswith(".deflate-")]
+    deadline = time.monotonic() + 10
+    while list(work_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(work_dir.iterdir()) == []

@@ -16,7 +16,7 @@ from tests.test_tasks_api import big_text
 from tools import bulk_download
 from tools.contract import PrintReporter, ToolContext
 
-BIG = 120_000_000
+BIG = 300_000_000
 
 
 def _setup(client: httpx.Client) -> tuple[httpx.Client, str]:
@@ -53,7 +53,7 @@ def test_task_interrupted_by_service_stop_is_requeued_and_succeeds(tmp_path: Pat
         wait_state(user, f"{tasks}/{done_id}", ("Succeeded",))
         task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
         wait_state(user, f"{tasks}/{task_id}", ("Processing",))
-        time.sleep(1.0)
+        time.sleep(0.3)
     finally:
         first.kill() if how == "SIGKILL" else first.terminate()
     if how == "SIGKILL":

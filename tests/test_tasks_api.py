@@ -134,7 +134,7 @@ def test_estimated_output_above_quota_is_413(make_server) -> None:
 
 
 def test_progress_and_log_cursor_semantics(world: World) -> None:
-    world.upload("p/big.txt", big_text(30_000_000, seed=1))
+    world.upload("p/big.txt", big_text(150_000_000, seed=1))
     task_id = world.submit("bulk-download", {"paths": ["p"]}).json()["taskId"]
     seen_percents = []
     cursor = 0
@@ -267,3 +267,17 @@ def test_log_ring_buffer_keeps_the_newest_lines_within_limits(make_server) -> No
     assert "Archive complete" in kept[-1]
     newest = w.user.get(f"{w.tasks_url}/{task_id}/log", params={"since": page["cursor"] - 1}).json()
     assert newest["lines"] == kept[-1:]
+
+
+def test_large_files_are_deflated_by_pieces_on_the_cluster(world: World) -> None:
+    from distributed import Client
+
+    world.upload("many/one.txt", big_text(12_000_000, seed=4))
+    world.upload("many/two.txt", big_text(12_000_000, seed=5))
+    task_id = world.submit("bulk-download", {"paths": ["many"]}).json()["taskId"]
+    assert world.wait(task_id)["state"] == "Succeeded"
+    archive = zipfile.ZipFile(io.BytesIO(world.user.get(f"{world.tasks_url}/{task_id}/result").content))
+    assert archive.read("many/two.txt") == big_text(12_000_000, seed=5)
+    with Client(world.server.settings.dask_address, timeout="30s") as client:
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "bulk_download_deflate" in prefixes

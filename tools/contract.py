@@ -94,6 +94,7 @@ class ToolContext:
     dataset_root: Path
     work_dir: Path
     reporter: Reporter
+    cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.fanout)
 
 
 class PrintReporter:

@@ -119,6 +119,7 @@ def run_job(job: Job) -> dict[str, Any]:
         dataset_root=Path(job.dataset_root),
         work_dir=work_dir,
         reporter=reporter,
+        cancel_event=cancel_event_name(job.task_id),
     )
     try:
         reporter.check_cancelled()

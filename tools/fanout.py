@@ -1,0 +1,114 @@
+"""Fanning a tool's work (files, chunks) out over the cluster the tool runs on.
+
+Inside a task on a Dask worker, :func:`fan_out` submits the pieces through
+``distributed.worker_client`` (the parent task secedes, so it holds no worker thread while it
+waits) and they run on every worker of the cluster. Outside a cluster (a notebook, a test
+calling a tool directly) the pieces run in a local thread pool. Either way results come back
+in submission order, the parent checks for cancellation while it waits, and on cancellation
+or error the outstanding pieces are cancelled; pieces that are already running see the same
+cancellation through a :class:`StopSignal` they are given.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tools.contract import Cancelled, Reporter
+
+T = TypeVar("T")
+WAIT_SLICE = 0.2
+CHECK_INTERVAL = 0.2
+
+
+@dataclass(frozen=True)
+class StopSignal:
+    """A picklable handle on the run's cancellation, for pieces running anywhere."""
+
+    event_name: str | None = None
+
+    def is_set(self) -> bool:
+        if self.event_name is None:
+            return False
+        now = time.monotonic()
+        cache = _STOP_CACHE.setdefault(self.event_name, [0.0, False])
+        if cache[1] or now - cache[0] < CHECK_INTERVAL:
+            return bool(cache[1])
+        cache[0] = now
+        try:
+            from distributed import Event
+
+            cache[1] = bool(Event(self.event_name).is_set())
+        except Exception:  # no scheduler reachable: keep going
+            return False
+        return bool(cache[1])
+
+    def check(self) -> None:
+        if self.is_set():
+            raise Cancelled()
+
+
+_STOP_CACHE: dict[str, list[Any]] = {}
+
+
+def _on_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+@contextmanager
+def _executor() -> Iterator[Any]:
+    """A Dask client seen from inside a task, or a local thread pool."""
+    if _on_worker():
+        from distributed import worker_client
+
+        with worker_client() as client:
+            yield client
+    else:
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+            yield pool
+
+
+def fan_out(
+    fn: Callable[..., T],
+    args: Sequence[tuple[Any, ...]],
+    *,
+    reporter: Reporter,
+    key_prefix: str,
+) -> Iterator[T]:
+    """Run ``fn(*a)`` for every ``a`` in ``args`` on the cluster; yield results in order."""
+    if not args:
+        return
+    with _executor() as executor:
+        dask = not isinstance(executor, concurrent.futures.Executor)
+        if dask:
+            keys = [f"{key_prefix}-{i}" for i in range(len(args))]
+            futures = [executor.submit(fn, *a, key=k, pure=False) for a, k in zip(args, keys)]
+        else:
+            futures = [executor.submit(fn, *a) for a in args]
+        try:
+            for future in futures:
+                yield _wait(future, reporter)
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _wait(future: Any, reporter: Reporter) -> Any:
+    while True:
+        reporter.check_cancelled()
+        try:
+            return future.result(timeout=WAIT_SLICE)
+        except TimeoutError:  # also what concurrent.futures and distributed raise
+            continue
+
