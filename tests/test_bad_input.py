@@ -49,20 +49,14 @@ def raw_request(
     return httpx.Response(reply.status, headers=reply.headers, content=reply.content)
 
 
-def tree(top: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+def tree(top: Path) -> dict[str, tuple[str, ...]]:
     """Every file, folder and symlink under ``top`` (symlinks not followed) with its content."""
     found: dict[str, tuple[str, ...]] = {}
-    if not top.exists():
-        return found
     for dirpath, dirnames, filenames in os.walk(top):
         here = Path(dirpath)
-        rel_here = here.relative_to(top)
-        dirnames[:] = [n for n in dirnames if (rel_here / n).as_posix() not in skip]
         for name in dirnames + filenames:
             path = here / name
-            rel = (rel_here / name).as_posix()
-            if rel in skip or name.startswith("procplat.sqlite"):
-                continue
+            rel = path.relative_to(top).as_posix()
             if path.is_symlink():
                 found[rel] = ("link", os.readlink(path))
             elif path.is_dir():
@@ -72,11 +66,18 @@ def tree(top: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def disk_state(world: World, *extra: Path) -> list[dict[str, tuple[str, ...]]]:
-    """The service's data folder (datasets included; not the index, artifacts or work files)
-    and any ``extra`` folders outside it."""
-    data = world.server.settings.data
-    return [tree(data, skip=("artifacts", "work")), *(tree(p) for p in extra)]
+def folder_names(folder: Path) -> set[str]:
+    """The names in one folder (the index's own SQLite files come and go)."""
+    return {p.name for p in folder.iterdir() if not p.name.startswith("procplat.sqlite")}
+
+
+def disk_state(world: World, *extra: Path) -> list[Any]:
+    """Everything under the world's org folder (its dataset and whatever sits beside it), the
+    names in every folder above it up to the service's data folder's parent, and everything
+    under the ``extra`` folders."""
+    org_folder = world.root.parent
+    above = [org_folder.parent, world.server.settings.data, world.server.settings.data.parent]
+    return [tree(org_folder), *(folder_names(p) for p in above), *(tree(p) for p in extra)]
 
 
 @contextlib.contextmanager
@@ -269,7 +270,7 @@ def test_bulk_download_paths_are_checked_before_queueing(world: World, path: str
     assert no_tasks(world)
 
 
-@pytest.mark.parametrize("path", ["../x", "/etc/passwd", ".ddb/tmp", "a\x00b", "ok.txt"])
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", ".ddb/tmp", "ok.txt"])
 def test_top_level_path_is_refused_by_a_tool_that_takes_none(world: World, path: str) -> None:
     """bulk-download has no ``path`` parameter: a top-level path must not be silently ignored
     (which would archive the whole dataset instead)."""
@@ -542,7 +543,7 @@ def test_every_schema_problem_is_listed(world: World) -> None:
     ({"toolId": "no-such-tool"}, "unknown tool 'no-such-tool'"),
     ({"toolId": "bulk_download"}, "unknown tool"),
     ({"toolId": "../bulk-download"}, "unknown tool"),
-    ({"toolId": "bulk-download\x00"}, "unknown tool"),
+    ({"toolId": "bulk-download\x00"}, "control character"),
     ({"toolId": "x" * 5000}, "unknown tool"),
     ({"toolId": "bulk-download", "version": "7"}, "no version '7' (known: 1)"),
     ({"toolId": "bulk-download", "version": 2}, "no version '2'"),
@@ -558,13 +559,18 @@ def test_unknown_tools_and_versions_are_400(world: World, body: dict[str, Any], 
 # --- archiveName --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["a/b", "../a", "..", ".", "*.zip", "a?.zip", "[ab].zip", "a\\b",
-                                  "a\x00b", "line\nbreak", "", "   ", "é" * 200])
-def test_bad_archive_names_are_400(world: World, name: str) -> None:
+ARCHIVE_NAMES = [("a/b", "archiveName"), ("../a", "archiveName"), ("..", "archiveName"), (".", "archiveName"),
+                 ("*.zip", "archiveName"), ("a?.zip", "archiveName"), ("[ab].zip", "archiveName"),
+                 ("a\\b", "archiveName"), ("line\nbreak", "archiveName"), ("", "archiveName"),
+                 ("   ", "archiveName"), ("é" * 200, "archiveName"), ("a\x00b", "control character")]
+
+
+@pytest.mark.parametrize(("name", "reason"), ARCHIVE_NAMES, ids=[repr(n)[:30] for n, _ in ARCHIVE_NAMES])
+def test_bad_archive_names_are_400(world: World, name: str, reason: str) -> None:
     world.upload("a", b"a")
     with leaves_no_trace(world):
         response = world.submit("bulk-download", {"paths": ["a"], "archiveName": name})
-        assert_error(response, 400, "archiveName")
+        assert_error(response, 400, reason)
     assert no_tasks(world)
 
 
@@ -691,7 +697,7 @@ def test_admin_task_listing_rejects_bad_numbers(world: World) -> None:
         assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "not-a-uuid", "x" * 300, "%00", "%2e%2e", "..%2F..%2Fx"])
+@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "not-a-uuid", "x" * 300, "%2e%2e", "..%2F..%2Fx"])
 def test_unknown_task_id_is_404(world: World, task_id: str) -> None:
     base = f"{world.tasks_url}/{task_id}"
     for method, url in (("GET", base), ("GET", f"{base}/log"), ("GET", f"{base}/result"),
@@ -700,8 +706,8 @@ def test_unknown_task_id_is_404(world: World, task_id: str) -> None:
         assert response.status_code == 404, (method, url, response.status_code, response.text)
 
 
-@pytest.mark.parametrize("where", ["no-such-org/ds/ds", "{org}/ds/no-such-ds", "%00/ds/x", "{org}/ds/%00",
-                                   "{long}/ds/x"])
+@pytest.mark.parametrize("where", ["no-such-org/ds/ds", "{org}/ds/no-such-ds", "{long}/ds/x", "{org}/ds/{long}",
+                                   "{org}/ds/NOT_A_SLUG"])
 def test_unknown_org_or_dataset_is_404(world: World, where: str) -> None:
     base = "/orgs/" + where.format(org=world.org, long="o" * 300)
     for method, url, body in (
@@ -716,6 +722,33 @@ def test_unknown_org_or_dataset_is_404(world: World, where: str) -> None:
     org = "/orgs/" + where.split("/")[0].format(org="no-such-org", long="o" * 300)
     assert_error(world.user.post(f"{org}/members", json={"username": world.username}), 404)
     assert_error(world.user.post(f"{org}/ds", json={"slug": "x"}), 404)
+
+
+@pytest.mark.parametrize("url", [
+    "/orgs/%00/ds/ds", "/orgs/{org}/ds/%00/entries", "/orgs/{org}/ds/ds/tasks/%00",
+    "/orgs/{org}/ds/ds/tasks/%00/log", "/orgs/{org}/ds/ds/tasks?toolId=%00", "/orgs/{org}/ds/ds/tasks?state=%00",
+    "/orgs/{org}/ds/ds/entries?type=%00", "/sys/tasks?toolId=%00", "/orgs/{org}/ds/ds/files/a%00",
+])
+def test_nul_anywhere_in_the_url_is_400(world: World, url: str) -> None:
+    """No file path and no text column of the index (PostgreSQL) can hold a NUL."""
+    for method in ("GET", "DELETE", "POST"):
+        response = raw_request(world.admin, method, url.format(org=world.org), content=b"{}")
+        assert_error(response, 400, "control character")
+
+
+@pytest.mark.parametrize(("url", "body"), [
+    ("/users", {"username": "a\x00b"}),
+    ("/orgs", {"slug": "nul-{uid}", "name": "a\x00b"}),
+    ("/orgs/{org}/members", {"username": "a\x00b"}),
+    ("/orgs/{org}/ds", {"slug": "a\x00b"}),
+    ("/orgs/{org}/ds/ds/tasks", {"toolId": "bulk-download", "params": {"paths": None}, "x\x00": 1}),
+])
+def test_nul_in_a_json_string_is_400(world: World, url: str, body: dict[str, Any]) -> None:
+    uid = uuid.uuid4().hex[:8]
+    body = {k: v.format(uid=uid) if isinstance(v, str) else v for k, v in body.items()}
+    response = world.admin.post(url.format(org=world.org), json=body)
+    assert_error(response, 400, "control character")
+    assert world.admin.post("/orgs", json={"slug": f"nul-{uid}"}).status_code == 201, "nothing was created"
 
 
 # --- authentication ---------------------------------------------------------------------------------

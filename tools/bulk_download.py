@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import time
 import zipfile
 import zlib
@@ -38,6 +37,7 @@ from tools.contract import (
     ToolSpec,
 )
 from tools.fanout import StopSignal, fan_out
+from tools.safepath import output_file_name
 from tools.zip_policy import Member, archive_members, compress_type
 
 CHUNK = 1024 * 1024
@@ -50,7 +50,6 @@ PIECE = 8 * 1024**2
 MEMBER_OVERHEAD = 160
 ARCHIVE_OVERHEAD = 100
 PHASE = "archiving"
-_BAD_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
 
 SPEC = ToolSpec(
     id="bulk-download",
@@ -141,17 +140,7 @@ def archive_name(requested: str | None, dataset_root: Path) -> str:
     """A safe base name ending in ``.zip``: the requested one or ``<dataset>.zip``."""
     if requested is None:
         return f"{Path(os.path.abspath(dataset_root)).name or 'dataset'}.zip"
-    if not isinstance(requested, str) or not requested.strip():
-        raise InvalidParams("archiveName must be a non-empty file name")
-    shown = requested.encode("unicode_escape").decode("ascii")
-    if _BAD_NAME.search(requested) or requested in (".", ".."):
-        raise InvalidParams(
-            f"archiveName '{shown}' must be a plain file name "
-            "(no '/', '\\', wildcards or control characters)"
-        )
-    if len(requested.encode("utf-8", "surrogatepass")) > 200:  # a file name: 255 bytes at most
-        raise InvalidParams("archiveName is longer than 200 bytes (UTF-8)")
-    return requested if requested.lower().endswith(".zip") else f"{requested}.zip"
+    return output_file_name(requested, what="archiveName", suffixes=(".zip",))
 
 
 class _Meter:

@@ -112,3 +112,25 @@ def _wait(future: Any, reporter: Reporter) -> Any:
         except TimeoutError:  # also what concurrent.futures and distributed raise
             continue
 
+
+
+def compute(obj: Any, *, reporter: Reporter) -> Any:
+    """Compute a dask collection or delayed value on the cluster, stopping on cancellation.
+
+    On a worker it runs through ``worker_client`` on the whole cluster; elsewhere on the
+    default ``distributed`` client when there is one, else dask's local scheduler."""
+    if _on_worker():
+        from distributed import worker_client
+
+        with worker_client() as client:
+            future = client.compute(obj)
+            try:
+                return _wait(future, reporter)
+            finally:
+                future.cancel()
+    reporter.check_cancelled()
+    import dask
+
+    (result,) = dask.compute(obj)
+    reporter.check_cancelled()
+    return result

@@ -70,6 +70,28 @@ def resolve_in_dataset(root: Path, user_path: str, *, allow_root: bool = False) 
     return candidate
 
 
+_BAD_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
+
+
+def output_file_name(requested: object, *, what: str, suffixes: tuple[str, ...]) -> str:
+    """A user-chosen output file name: a plain base name (no folders, wildcards or control
+    characters, at most 200 bytes), with ``suffixes[0]`` appended unless it ends in one of
+    ``suffixes``. Raises :class:`UnsafePath` naming ``what``."""
+    if not isinstance(requested, str) or not requested.strip():
+        raise UnsafePath(f"{what} must be a non-empty file name")
+    shown = requested.encode("unicode_escape").decode("ascii")
+    if _BAD_NAME.search(requested) or requested in (".", ".."):
+        raise UnsafePath(
+            f"{what} '{shown}' must be a plain file name "
+            "(no '/', '\\', wildcards or control characters)"
+        )
+    if len(requested.encode("utf-8", "surrogatepass")) > 200:  # a file name: 255 bytes at most
+        raise UnsafePath(f"{what} is longer than 200 bytes (UTF-8)")
+    if requested.lower().endswith(tuple(s.lower() for s in suffixes)):
+        return requested
+    return requested + suffixes[0]
+
+
 def relpath_of(root: Path, path: Path) -> str:
     """The dataset-relative POSIX path of ``path`` (a path under ``root``)."""
     return path.relative_to(root).as_posix()

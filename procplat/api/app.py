@@ -8,9 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from procplat.api import platform_routes, system_routes, task_routes
-from procplat.api.http import EXCEPTION_HANDLERS
+from procplat.api.http import EXCEPTION_HANDLERS, RejectNulInUrl
 from procplat.core.auth import ensure_admin
 from procplat.core.datasets import Datasets
 from procplat.core.registry import Registry
@@ -53,5 +54,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[*platform_routes.ROUTES, *task_routes.ROUTES, *system_routes.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(RejectNulInUrl)],
         lifespan=lifespan,
     )

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from procplat.core.auth import Principal, authenticate
 from procplat.errors import BadRequest, PayloadTooLarge, ProcplatError
@@ -45,13 +46,49 @@ async def read_json(request: Request) -> Any:
         raise BadRequest("a JSON body is required")
     try:
         value = json.loads(raw)
-        # unpaired surrogates (\ud800) parse, but no file name, hash or index column takes them
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
+    _check_strings(value)
     return value
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse strings no file name, hash or index column can hold: NUL (PostgreSQL text) and
+    unpaired surrogates such as ``\\ud800`` (not UTF-8). Walks without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise BadRequest("malformed JSON: a string contains a control character (NUL)")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+class RejectNulInUrl:
+    """ASGI middleware: a NUL in the URL's path or query (percent-encoded) is a 400 before any
+    route runs, since no file path and no PostgreSQL text column can hold one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            response = error_response(BadRequest("the URL contains a control character (NUL)"))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def caller(request: Request) -> Principal | None:

@@ -92,6 +92,7 @@ class Datasets:
     def __init__(self, db: Database, datasets_dir: Path) -> None:
         self.db = db
         self.datasets_dir = datasets_dir
+        self._prepared: set[int] = set()  # datasets whose folders exist
 
     # orgs and datasets --------------------------------------------------------------------
     def create_org(self, caller: Principal | None, slug: object, name: object) -> dict[str, Any]:
@@ -186,7 +187,9 @@ class Datasets:
                     raise Unauthorized("authentication required")
                 raise Forbidden(f"you may not write to '{org_slug}/{ds_slug}'")
             ref = self._ref(org, ds, can_write=bool(member))
-        ref.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if ref.dataset_id not in self._prepared:
+            ref.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._prepared.add(ref.dataset_id)
         return ref
 
     # files ----------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from procplat.errors import BadRequest
-from tools import bulk_download
+from tools import bulk_download, raster_export
 from tools.contract import InvalidParams, Plan, ToolSpec
 
 BUILTIN_TOOLS: list[ModuleType] = [
     bulk_download,
+    raster_export,
 ]
 
 

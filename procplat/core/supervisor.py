@@ -36,6 +36,7 @@ class Pending:
     """Updates for one task received from workers and not yet written to the index."""
 
     attempt: int
+    enqueued: bool = False
     started: bool = False
     fraction: float | None = None
     phase: str | None = None
@@ -44,7 +45,7 @@ class Pending:
     lines_received: int = 0
 
     def empty(self) -> bool:
-        return not (self.started or self.has_progress or self.lines)
+        return not (self.enqueued or self.started or self.has_progress or self.lines)
 
 
 def log_line(message: str) -> str:
@@ -92,8 +93,9 @@ class Supervisor:
         task.add_done_callback(self._background.discard)
 
     # starting attempts ------------------------------------------------------------------------
-    def _job(self, s: Any, task: Task, attempt: int) -> Job:
-        ref = self.datasets.ref_of(s, task.dataset_id)
+    def _job(self, s: Any, task: Task, attempt: int, ref: Any = None) -> Job:
+        if ref is None or ref.dataset_id != task.dataset_id:
+            ref = self.datasets.ref_of(s, task.dataset_id)
         tool = self.registry.get(task.tool_id, task.version)
         st = self.settings
         return Job(
@@ -109,20 +111,18 @@ class Supervisor:
         self._received[job.task_id] = 0
         self.engine.enqueue(job)
 
-    async def start_task(self, task: Task, _ref: Any = None) -> None:
+    async def start_task(self, task: Task, ref: Any = None) -> None:
         """Hand a freshly created task to the cluster."""
-        with self.db.read() as s:
-            job = self._job(s, task, 1)
+        if ref is not None and ref.dataset_id == task.dataset_id:
+            job = self._job(None, task, 1, ref)  # no index read on the event loop
+        else:
+            with self.db.read() as s:
+                job = self._job(s, task, 1)
         self._enqueue(job)
-        await anyio.to_thread.run_sync(self._mark_enqueued, task.id, 1)
-
-    def _mark_enqueued(self, task_id: str, attempt: int) -> None:
-        with self.db.write() as s:
-            task = q.get_task(s, task_id)
-            if task is not None and task.active:
-                task.attempts = attempt
-                if task.state in ("Created", "Scheduled"):
-                    task.state = "Enqueued"
+        # Created → Enqueued goes to the index with the next batch (a burst of submissions
+        # shares one transaction); the task's "start" event is batched the same way.
+        self._pending.setdefault(task.id, Pending(attempt=1)).enqueued = True
+        self._schedule_flush(START_FLUSH_DELAY)
 
     async def recover(self) -> None:
         """Re-attach active tasks the scheduler still runs; re-queue the others."""
@@ -211,6 +211,10 @@ class Supervisor:
                 self._apply(s, task, pending)
 
     def _apply(self, s: Any, task: Task, pending: Pending) -> None:
+        if pending.enqueued and task.active:
+            task.attempts = max(task.attempts, pending.attempt)
+            if task.state == "Created":
+                task.state = "Enqueued"
         if pending.started and task.active and task.state in ("Created", "Enqueued", "Scheduled"):
             task.state = "Processing"
             task.started_at = task.started_at or utcnow()
@@ -262,27 +266,39 @@ class Supervisor:
         deadline = time.monotonic() + TRAILING_EVENTS_WAIT
         while self._received.get(task_id, 0) < outcome.log_lines_sent and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await self.flush(only=task_id)
-        self._attempts.pop(task_id, None)
-        self._received.pop(task_id, None)
-        if outcome.lost:
-            await anyio.to_thread.run_sync(self._retry_or_fail, task_id, outcome.error or "lost")
+        if outcome.lost or outcome.entries_added or outcome.entries_removed:
+            await self.flush(only=task_id)
+            self._attempts.pop(task_id, None)
+            self._received.pop(task_id, None)
+            if outcome.lost:
+                await anyio.to_thread.run_sync(self._retry_or_fail, task_id, outcome.error or "lost")
+            else:
+                await anyio.to_thread.run_sync(self._record_outcome, outcome)
         else:
-            await anyio.to_thread.run_sync(self._record_outcome, outcome)
+            # Nothing to index: the last progress and log lines and the outcome go into the
+            # index in one transaction (under the flush lock, so they stay in order).
+            async with self._flush_lock:
+                pending = self._pending.pop(task_id, None)
+                self._attempts.pop(task_id, None)
+                self._received.pop(task_id, None)
+                await anyio.to_thread.run_sync(self._record_outcome, outcome, pending)
         await self.engine.forget_cancel_event(task_id)
 
-    def _record_outcome(self, outcome: Outcome) -> None:
-        with self.db.read() as s:
-            task = q.get_task(s, outcome.task_id)
-            ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
-        if task is None or not task.active or ref is None:
-            self._discard_artifact(outcome)
-            return
-        if outcome.succeeded:
-            self.datasets.unindex_paths(ref, outcome.entries_removed)
-            self.datasets.index_paths(ref, outcome.entries_added)
+    def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> None:
+        if outcome.entries_added or outcome.entries_removed:
+            with self.db.read() as s:
+                task = q.get_task(s, outcome.task_id)
+                ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
+            if task is None or not task.active or ref is None:
+                self._discard_artifact(outcome)
+                return
+            if outcome.succeeded:
+                self.datasets.unindex_paths(ref, outcome.entries_removed)
+                self.datasets.index_paths(ref, outcome.entries_added)
         with self.db.write() as s:
             task = q.get_task(s, outcome.task_id)
+            if task is not None and pending is not None and not pending.empty():
+                self._apply(s, task, pending)
             if task is None or not task.active:
                 self._discard_artifact(outcome)
                 return

@@ -56,7 +56,7 @@ def request_hash(tool_id: str, version: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-SQL_INT_MAX = 2**63 - 1  # numbers from a query go into SQL as 64-bit integers
+SQL_INT_MAX = 2**31 - 1  # numbers from a query meet the index's 32-bit integer columns
 
 
 def int_param(value: Any, name: str, default: int) -> int:
@@ -90,20 +90,8 @@ class Tasks:
         self, caller: Principal | None, org: str, ds: str, body: Any
     ) -> Submitted:
         user = require_user(caller)
-        ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Read")
-        tool_id, version, params, force = self._parse_submission(body)
-        tool = self.registry.get(tool_id, version)
-        if tool.spec.required_access == "Write" and not ref.can_write:
-            raise Forbidden(f"{tool.spec.id} needs write access to '{org}/{ds}'")
-        if body.get("path") is not None and not tool.spec.takes_path:
-            raise BadRequest(f"{tool.spec.id} takes no path; name its inputs in params")
-        if tool.spec.takes_path and "path" not in params and body.get("path") is not None:
-            params["path"] = body["path"]
-        plan = await anyio.to_thread.run_sync(tool.check_params, params, ref.root)
-        digest = request_hash(tool.spec.id, tool.spec.version, params)
-        task, created = await anyio.to_thread.run_sync(
-            self._insert_or_dedup, user, ref, tool, params, digest, force,
-            plan.estimated_output_bytes,
+        ref, task, created = await anyio.to_thread.run_sync(
+            self._validate_and_insert, caller, user, org, ds, body
         )
         if created:
             await self.supervisor.start_task(task, ref)
@@ -120,6 +108,26 @@ class Tasks:
                 "estimatedOutputBytes": task.estimated_output_bytes,
             },
         )
+
+    def _validate_and_insert(
+        self, caller: Principal | None, user: Principal, org: str, ds: str, body: Any
+    ) -> tuple[DatasetRef, Task, bool]:
+        """Everything of a submission that touches the index or the disk, in one thread hop."""
+        ref = self.datasets.open(caller, org, ds, "Read")
+        tool_id, version, params, force = self._parse_submission(body)
+        tool = self.registry.get(tool_id, version)
+        if tool.spec.required_access == "Write" and not ref.can_write:
+            raise Forbidden(f"{tool.spec.id} needs write access to '{org}/{ds}'")
+        if body.get("path") is not None and not tool.spec.takes_path:
+            raise BadRequest(f"{tool.spec.id} takes no path; name its inputs in params")
+        if tool.spec.takes_path and "path" not in params and body.get("path") is not None:
+            params["path"] = body["path"]
+        plan = tool.check_params(params, ref.root)
+        digest = request_hash(tool.spec.id, tool.spec.version, params)
+        task, created = self._insert_or_dedup(
+            user, ref, tool, params, digest, force, plan.estimated_output_bytes
+        )
+        return ref, task, created
 
     @staticmethod
     def _parse_submission(body: Any) -> tuple[str, str | None, dict[str, Any], bool]:
@@ -169,7 +177,7 @@ class Tasks:
                 id=str(uuid.uuid4()), dataset_id=ref.dataset_id, org_id=ref.org_id,
                 user_id=user.user_id, tool_id=tool.spec.id, version=tool.spec.version,
                 params=params, path=params.get("path") if isinstance(params.get("path"), str) else None,
-                request_hash=digest, state="Created", active=True, attempts=0,
+                request_hash=digest, state="Created", active=True, attempts=1,
                 estimated_output_bytes=estimated, created_at=now,
             )
             s.add(task)

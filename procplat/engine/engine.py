@@ -59,7 +59,9 @@ class Engine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._address:
-            self.client = await Client(self._address, asynchronous=True, timeout="30s")
+            self.client = await Client(
+                self._address, asynchronous=True, timeout="30s", set_as_default=False
+            )
         else:
             self._cluster = await LocalCluster(
                 n_workers=self._n_workers or os.cpu_count() or 1,
@@ -69,7 +71,7 @@ class Engine:
                 env={"GDAL_CACHEMAX": "256", **self._worker_env},
                 asynchronous=True,
             )
-            self.client = await Client(self._cluster, asynchronous=True)
+            self.client = await Client(self._cluster, asynchronous=True, set_as_default=False)
         self.client.subscribe_topic(EVENT_TOPIC, self._on_worker_event)
 
     async def close(self) -> None:

@@ -84,6 +84,7 @@ class Task(Base):
         Index("ix_tasks_dataset_created", "dataset_id", "created_at"),
         Index("ix_tasks_dedup", "dataset_id", "request_hash"),
         Index("ix_tasks_state", "state"),
+        Index("ix_tasks_active", "active"),  # the quota counts: few active among many
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))

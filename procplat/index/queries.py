@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from procplat.index.models import (
@@ -126,31 +126,25 @@ def delete_entries(s: Session, dataset_id: int, path: str) -> int:
 def find_dedup_match(
     s: Session, dataset_id: int, request_hash: str, since: datetime, now: datetime
 ) -> Task | None:
-    """An active task with this hash, or a Succeeded one since ``since`` whose artifact lives."""
-    active = s.scalar(
-        select(Task)
-        .where(Task.dataset_id == dataset_id, Task.request_hash == request_hash, Task.active)
-        .order_by(Task.created_at.desc())
-        .limit(1)
-    )
-    if active is not None:
-        return active
-    candidates = s.scalars(
-        select(Task)
-        .where(
-            Task.dataset_id == dataset_id,
-            Task.request_hash == request_hash,
+    """An active task with this hash, or a Succeeded one since ``since`` whose artifact lives.
+
+    One query: active tasks first (newest created), then Succeeded ones (newest finished).
+    """
+    usable = or_(
+        Task.active,
+        and_(
             Task.state == "Succeeded",
             Task.finished_at >= since,
-        )
-        .order_by(Task.finished_at.desc())
-        .limit(5)
-    ).all()
-    for task in candidates:
-        artifact = s.get(Artifact, task.id)
-        if artifact is None or (not artifact.expired and artifact.expires_at > now):
-            return task
-    return None
+            or_(Artifact.task_id.is_(None), and_(~Artifact.expired, Artifact.expires_at > now)),
+        ),
+    )
+    return s.scalar(
+        select(Task)
+        .outerjoin(Artifact, Artifact.task_id == Task.id)
+        .where(Task.dataset_id == dataset_id, Task.request_hash == request_hash, usable)
+        .order_by(Task.active.desc(), Task.finished_at.desc(), Task.created_at.desc())
+        .limit(1)
+    )
 
 
 def count_active(

@@ -1,0 +1,151 @@
+"""The ``raster-export`` tool: a raster rendered with a spectral index and colormap, a band
+composite or a preset, written as a Cloud-Optimized GeoTIFF.
+
+The work is a lazy graph (:mod:`tools.raster_graph`): statistics the rendering needs
+(percentiles, min/max) are computed first on the cluster (phase ``percentiles``), then
+:func:`tools.cog.write_cog` computes and compresses the tiles and overviews in parallel
+pieces (phases ``rendering``, ``overviews``, ``assembling``). In a notebook::
+
+    from tools.raster_export import export
+    export("ortho.tif", "ndvi.tif", formula="NDVI", colormap="rdylgn")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tools import fanout, spectral
+from tools.cog import CogInfo, write_cog
+from tools.contract import (
+    InvalidParams,
+    Plan,
+    PrintReporter,
+    Reporter,
+    ToolContext,
+    ToolResult,
+    ToolSpec,
+)
+from tools.fanout import StopSignal
+from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, plan_export, render
+from tools.safepath import output_file_name, resolve_in_dataset
+
+RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
+NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
+
+SPEC = ToolSpec(
+    id="raster-export",
+    version="1",
+    title="Export a raster as a COG with an index, colormap, composite or preset",
+    required_access="Read",
+    produces_artifact=True,
+    result_extension=".tif",
+    input_schema={
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "minLength": 1, "maxLength": 1024,
+                     "description": "The raster entry to export."},
+            "preset": {**NULLABLE_TEXT, "description": "A preset id, e.g. true-color, ndvi."},
+            "bands": {
+                "description": "1-based bands of a uint8 composite: \"4,3,2\" or [4, 3, 2].",
+                "anyOf": [
+                    {"type": "string", "maxLength": 200},
+                    {"type": "array", "items": {"type": "integer", "minimum": 1},
+                     "minItems": 1, "maxItems": 64},
+                    {"type": "null"},
+                ],
+            },
+            "formula": {**NULLABLE_TEXT, "description": "A spectral index, e.g. NDVI, VARI."},
+            "bandFilter": {**NULLABLE_TEXT, "description": "Band letters in band order, e.g. RGBN."},
+            "colormap": {**NULLABLE_TEXT, "description": "A colormap id, e.g. rdylgn, viridis."},
+            "rescale": {**NULLABLE_TEXT, "description": "\"min,max\" of the colour scale."},
+            "fileName": {**NULLABLE_TEXT, "description": "Base name of the artifact."},
+        },
+    },
+)
+
+
+def output_name(params: dict[str, Any]) -> str:
+    """The artifact name: ``fileName`` (a base name) or ``<stem>_export.tif``."""
+    requested = params.get("fileName")
+    if requested is None:
+        return f"{Path(str(params['path'])).stem}_export.tif"
+    return output_file_name(requested, what="fileName", suffixes=(".tif", ".tiff"))
+
+
+def _render_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in RENDER_PARAMS if params.get(k) is not None}
+
+
+def _plan(src: Path, params: dict[str, Any]) -> ExportPlan:
+    if not src.is_file():
+        raise InvalidParams(f"raster '{params.get('path')}' does not exist")
+    try:
+        return plan_export(src, _render_params(params))
+    except InvalidParams:
+        raise
+    except Exception as exc:  # rasterio cannot read it
+        raise InvalidParams(f"'{params.get('path')}' is not a readable raster: {exc}") from None
+
+
+def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
+    """Everything that can be checked before queueing: the entry, the name, the rendering."""
+    src = resolve_in_dataset(dataset_root, params["path"])
+    output_name(params)
+    plan = _plan(src, params)
+    return Plan(estimated_output_bytes=plan.estimated_output_bytes)
+
+
+def export(
+    src_path: str | Path,
+    dst_path: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    stop: StopSignal | None = None,
+    chunk_px: int = DEFAULT_CHUNK_PX,
+    **params: Any,
+) -> CogInfo:
+    """Render ``src_path`` per ``params`` (formula, bands, preset, bandFilter, colormap,
+    rescale) and write the COG to ``dst_path``. Runs on the current Dask cluster."""
+    reporter = reporter or PrintReporter()
+    plan = _plan(Path(src_path), {"path": str(src_path), **params})
+    reporter.log(f"Exporting {Path(src_path).name}: {_describe(plan)}")
+    if plan.needs_statistics:
+        reporter.progress(0.0, "percentiles")
+
+    def statistics(delayed: Any) -> Any:
+        result = fanout.compute(delayed, reporter=reporter)
+        reporter.progress(1.0, "percentiles")
+        return result
+
+    rendered = render(plan, chunk_px=chunk_px, compute=statistics)
+    return write_cog(
+        rendered, dst_path, reporter=reporter, stop=stop, alpha=plan.output_alpha,
+        overview_resampling="average",
+    )
+
+
+def _describe(plan: ExportPlan) -> str:
+    size = f"{plan.width}×{plan.height}"
+    if plan.mode == "index":
+        what = plan.formula or f"band {plan.value_band}"
+        spec = spectral.lookup(plan.formula) if plan.formula else None
+        fixed = plan.rescale or (spec.range if spec is not None else None)
+        scale = f"{fixed[0]:g},{fixed[1]:g}" if fixed else "2nd-98th percentile"
+        return f"{what} with {plan.colormap} (rescale {scale}), {size}, by {plan.decided_by}"
+    return f"bands {','.join(map(str, plan.bands or ()))} ({plan.stretch}), {size}, by {plan.decided_by}"
+
+
+def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    src = resolve_in_dataset(ctx.dataset_root, params["path"])
+    dst = ctx.work_dir / output_name(params)
+    info = export(src, dst, reporter=ctx.reporter, stop=StopSignal(ctx.cancel_event),
+                  **_render_params(params))
+    return ToolResult(
+        artifact=dst,
+        summary={"width": info.width, "height": info.height, "bands": info.count,
+                 "overviews": list(info.overviews)},
+    )
