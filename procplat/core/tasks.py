@@ -161,9 +161,15 @@ class Tasks:
     ) -> tuple[Task, bool]:
         st = self.settings
         now = utcnow()
+        dedup = st.dedup_enabled and not force
+        since = now - timedelta(hours=st.dedup_lookback_hours)
+        if dedup:  # most repeats are found without taking the write lock
+            with self.db.read() as s:
+                existing = q.find_dedup_match(s, ref.dataset_id, digest, since, now)
+            if existing is not None:
+                return existing, False
         with self.db.write(serialize=True) as s:
-            if st.dedup_enabled and not force:
-                since = now - timedelta(hours=st.dedup_lookback_hours)
+            if dedup:  # again under the lock: a twin may have been inserted meanwhile
                 existing = q.find_dedup_match(s, ref.dataset_id, digest, since, now)
                 if existing is not None:
                     return existing, False

@@ -1,0 +1,118 @@
+"""raster-export as a service task: validation before queueing, a COG artifact, progress
+phases, cancellation, over real HTTP on a real Dask cluster."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rio_cogeo.cogeo import cog_validate
+
+from tests.conftest import World
+from tools.raster_export import export
+
+
+def write_rgbn(path: Path, size: int, *, tile: int = 256) -> Path:
+    """A smooth 4-band uint8 RGBN raster (compresses well) with a nodata corner."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    bands = np.stack([
+        (x / size * 200 + 20), (y / size * 200 + 20), ((x + y) / size * 100 + 30),
+        (255 - x / size * 200),
+    ]).astype(np.uint8)
+    bands[:, : size // 8, : size // 8] = 0
+    with rasterio.open(
+        path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05), nodata=0,
+        tiled=True, blockxsize=tile, blockysize=tile, compress="deflate", photometric="MINISBLACK",
+    ) as dst:
+        dst.write(bands)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_raster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_rgbn(tmp_path_factory.mktemp("rx") / "field.tif", 1000)
+
+
+def test_ndvi_export_is_a_valid_cog_equal_to_the_notebook_api(
+    world: World, small_raster: Path, tmp_path: Path
+) -> None:
+    world.upload("ortho/field.tif", small_raster.read_bytes())
+    response = world.submit("raster-export", {"formula": "NDVI", "bandFilter": "RGBN",
+                                              "colormap": "rdylgn"}, path="ortho/field.tif")
+    assert response.status_code == 202, response.text
+    assert response.json()["estimatedOutputBytes"] == 1000 * 1000 * 4 * 4 // 3
+    status = world.wait(response.json()["taskId"])
+    assert status["state"] == "Succeeded", status
+    assert status["artifact"]["fileName"] == "field_export.tif"
+    out = tmp_path / "served.tif"
+    out.write_bytes(world.user.get(status["artifact"]["resultUrl"]).content)
+    valid, errors, _warnings = cog_validate(str(out))
+    assert valid, errors
+    expected = export(small_raster, tmp_path / "local.tif", formula="NDVI", bandFilter="RGBN",
+                      colormap="rdylgn").path
+    with rasterio.open(out) as served, rasterio.open(expected) as local:
+        assert served.count == 4 and served.crs.to_epsg() == 32633
+        assert served.transform == local.transform
+        assert np.array_equal(served.read(), local.read())
+        assert served.read(4)[10, 10] == 0  # nodata corner is transparent
+        assert served.overviews(1)
+    log = world.user.get(f"{world.tasks_url}/{status['taskId']}/log").json()["lines"]
+    assert any("NDVI with rdylgn" in line for line in log), log
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"formula": "NOPE"}, "unknown formula"),
+        ({"colormap": "sparkles", "formula": "NDVI", "bandFilter": "RGBN"}, "colormap"),
+        ({"preset": "no-such-preset"}, "preset"),
+        ({"bands": "1,2,9"}, "band"),
+        ({"formula": "NDVI", "bandFilter": "RGBN", "rescale": "1,x"}, "rescale"),
+        ({"formula": "NDRE", "bandFilter": "RGBN"}, "Re"),
+        ({"fileName": "../evil.tif"}, "fileName"),
+        ({"fileName": "a/b.tif"}, "fileName"),
+    ],
+)
+def test_bad_parameters_are_400_before_queueing(
+    world: World, small_raster: Path, params: dict, message: str
+) -> None:
+    world.upload("field.tif", small_raster.read_bytes())
+    response = world.submit("raster-export", {"path": "field.tif", **params})
+    assert response.status_code == 400, response.text
+    assert message.lower() in response.json()["error"].lower()
+    assert world.user.get(world.tasks_url).json() == []
+
+
+def test_missing_or_unreadable_raster_is_400(world: World) -> None:
+    world.upload("notes.txt", b"not a raster")
+    assert "does not exist" in world.submit("raster-export", {"path": "nope.tif"}).json()["error"]
+    assert "not a readable raster" in world.submit("raster-export", {"path": "notes.txt"}).json()["error"]
+
+
+def test_export_reports_phases_and_cancel_leaves_no_output(world: World, tmp_path: Path) -> None:
+    big = write_rgbn(tmp_path / "big.tif", 8192, tile=512)
+    world.upload("big.tif", big.read_bytes())
+    task_id = world.submit("raster-export", {"path": "big.tif", "formula": "VARI",
+                                             "fileName": "vari"}).json()["taskId"]
+    phases = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = world.user.get(f"{world.tasks_url}/{task_id}").json()
+        phases.add(status["progress"]["phase"])
+        if status["state"] == "Processing" and status["progress"]["phase"] == "rendering" \
+                and status["progress"]["percent"] > 0:
+            break
+        time.sleep(0.1)
+    assert "rendering" in phases
+    started = time.monotonic()
+    assert world.user.delete(f"{world.tasks_url}/{task_id}").json()["state"] == "Deleted"
+    work_dir = world.server.settings.work_dir
+    while any(p.name.startswith(task_id) for p in work_dir.iterdir()):
+        assert time.monotonic() - started < 10, "the export did not stop within 10 s"
+        time.sleep(0.1)
+    assert not (world.server.settings.artifacts_dir / task_id).exists()
