@@ -220,6 +220,18 @@ def test_overviews_go_down_to_one_block_and_follow_the_reference(case: str, tmp_
             np.testing.assert_array_equal(got, want)
 
 
+def test_nearest_overviews_take_the_top_left_pixel_of_each_window(tmp_path: Path) -> None:
+    pixels = rgb()
+    dst = tmp_path / "out.tif"
+    write_cog(to_dataarray(pixels), dst, overview_resampling="nearest", blocksize=64,
+              piece_size=128)
+
+    validate(dst)
+    for level in range(4):
+        step = 2 ** (level + 1)
+        np.testing.assert_array_equal(read_all(dst, overview=level), pixels[:, ::step, ::step])
+
+
 def test_piece_size_and_source_chunks_change_no_byte_of_the_output(tmp_path: Path) -> None:
     pixels = rgba()
     write_cog(to_dataarray(pixels, chunks=77), tmp_path / "small.tif", alpha=True, blocksize=32,

@@ -31,22 +31,22 @@ overviews go on until both sides fit in one block; the image keeps its exact siz
 padding); the file is BigTIFF only when it would not fit in 4 GiB.
 
 Why this and not the alternatives (measured by ``benchmarks/cog_write_strategies.py`` on
-this 2-core machine with the CPUs otherwise idle: 8192² × 4-band uint8 RGBA read from a
-tiled DEFLATE GeoTIFF, written as DEFLATE level 6 with the horizontal predictor, 512²
-tiles, average overviews; wall time, CPU seconds and peak resident memory of the whole
+this 2-core machine with the CPUs otherwise idle, best of 2 runs: 8192² × 4-band uint8
+RGBA read from a tiled DEFLATE GeoTIFF, written as DEFLATE level 6 with the horizontal
+predictor, 512² tiles, average overviews; wall time, CPU seconds and peak resident memory of the whole
 process tree, interpreters and ``GDAL_CACHEMAX=128`` included; "COG" is ``rio_cogeo``'s
 verdict; every output had the source's size and pixels unless noted):
 
 =====================================================================  ======  =====  ========  ===
 strategy                                                               wall s  CPU s  peak RSS  COG
 =====================================================================  ======  =====  ========  ===
-a1 rasterio block loop, 1 thread, tiled GTiff + ``build_overviews``    23.3    23.8   0.29 GB   no
-a2 same with GDAL ``NUM_THREADS=ALL_CPUS``                             12.4    24.2   0.30 GB   no
-(1) odc-geo ``save_cog_with_dask``, dask threads                       12.9    24.0   0.61 GB   yes
-(3) dask chunks → one writer (uncompressed GTiff), GDAL COG copy       13.4    26.1   0.50 GB   yes
+a1 rasterio block loop, 1 thread, tiled GTiff + ``build_overviews``    24.0    24.0   0.29 GB   no
+a2 same with GDAL ``NUM_THREADS=ALL_CPUS``                             12.2    23.8   0.32 GB   no
+(1) odc-geo ``save_cog_with_dask``, dask threads                       13.0    24.1   0.63 GB   yes
+(3) dask chunks → one writer (uncompressed GTiff), GDAL COG copy       13.3    26.0   0.50 GB   yes
     with ``NUM_THREADS=ALL_CPUS``
-(2) ``write_cog``, local threads                                       6.8     12.9   0.41 GB   yes
-(2) ``write_cog``, LocalCluster client (2 worker processes)            8.0     15.7   0.94 GB   yes
+(2) ``write_cog``, local threads                                       6.7     12.7   0.40 GB   yes
+(2) ``write_cog``, LocalCluster client (2 worker processes)            8.0     15.5   0.82 GB   yes
 =====================================================================  ======  =====  ========  ===
 
 At 16384² (4× the pixels) the peak stays where it was: 0.42 GB with local threads, 1.03 GB
