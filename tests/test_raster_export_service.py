@@ -116,3 +116,45 @@ def test_export_reports_phases_and_cancel_leaves_no_output(world: World, tmp_pat
         assert time.monotonic() - started < 10, "the export did not stop within 10 s"
         time.sleep(0.1)
     assert not (world.server.settings.artifacts_dir / task_id).exists()
+
+
+def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
+    world: World, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from distributed import Client
+
+    big = write_rgbn(tmp_path / "kill.tif", 6144, tile=512)
+    world.upload("kill.tif", big.read_bytes())
+    task_id = world.submit("raster-export", {"path": "kill.tif", "formula": "NDVI",
+                                             "bandFilter": "RGBN"}).json()["taskId"]
+    world.wait(task_id, states=("Processing",))
+    with Client(world.server.settings.dask_address, timeout="30s") as client:
+        def running_on(dask_scheduler, key=task_id):  # type: ignore[no-untyped-def]
+            ts = dask_scheduler.tasks.get(key)
+            return ts.processing_on.address if ts is not None and ts.processing_on else None
+
+        address = None
+        deadline = time.monotonic() + 30
+        while address is None and time.monotonic() < deadline:
+            address = client.run_on_scheduler(running_on)
+            time.sleep(0.05)
+        assert address, "the export never ran on a worker"
+        pid = client.run(os.getpid, workers=[address])[address]
+        os.kill(pid, signal.SIGKILL)
+        status = world.wait(task_id, timeout=180)
+        client.wait_for_workers(2, timeout=60)
+    # Dask re-runs the attempt elsewhere (its allowed-failures); the artifact comes from a
+    # complete run, never from the interrupted one
+    assert status["state"] == "Succeeded", status
+    out = tmp_path / "after-kill.tif"
+    out.write_bytes(world.user.get(status["artifact"]["resultUrl"]).content)
+    valid, errors, _ = cog_validate(str(out))
+    assert valid, errors
+    expected = export(big, tmp_path / "expected.tif", formula="NDVI", bandFilter="RGBN").path
+    with rasterio.open(out) as served, rasterio.open(expected) as local:
+        assert np.array_equal(served.read(window=((0, 2048), (0, 2048))),
+                              local.read(window=((0, 2048), (0, 2048))))
+    assert not any(p.name.startswith(task_id) for p in world.server.settings.work_dir.iterdir())
