@@ -86,7 +86,8 @@ import imagecodecs
 import numpy as np
 import xarray as xr
 
-from tools.contract import Cancelled, Reporter
+from tools.contract import Cancelled, PrintReporter, Reporter
+from tools.fanout import default_client, on_worker
 
 Resampling = Literal["average", "nearest"]
 
@@ -148,7 +149,7 @@ def write_cog(
     ``overviews``, ``assembling``. Raises :class:`Cancelled` when ``reporter`` or ``stop``
     say so; nothing is left at ``dst_path`` or beside it then, or on error.
     """
-    reporter = reporter if reporter is not None else _QuietReporter()
+    reporter = reporter if reporter is not None else PrintReporter(quiet=True)
     da = _as_band_y_x(da)
     count, height, width = (int(n) for n in da.shape)
     if nodata is None:
@@ -188,20 +189,6 @@ def write_cog(
 
 # ---------------------------------------------------------------------------------------
 # Input
-
-
-class _QuietReporter:
-    def progress(self, fraction: float | None, phase: str | None = None) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
-    def check_cancelled(self) -> None:
-        pass
 
 
 def _as_band_y_x(da: xr.DataArray) -> xr.DataArray:
@@ -655,39 +642,16 @@ class _DaskRunner:
             self.client.cancel(list(futures))
 
 
-def _on_worker() -> bool:
-    try:
-        from distributed import get_worker
-
-        get_worker()
-        return True
-    except (ImportError, ValueError):
-        return False
-
-
-def _default_client() -> Any:
-    import dask
-
-    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
-        return None
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
 @contextmanager
 def _runner(stop: Stop | None) -> Iterator[_Runner]:
     """The cluster seen from inside a task, the default client, or local threads."""
-    if _on_worker():
+    if on_worker():
         from distributed import worker_client
 
         with worker_client() as client:
             yield _DaskRunner(client, stop)
         return
-    client = _default_client()
+    client = default_client()
     if client is not None:
         yield _DaskRunner(client, stop)
         return

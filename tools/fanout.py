@@ -56,7 +56,8 @@ class StopSignal:
 _STOP_CACHE: dict[str, list[Any]] = {}
 
 
-def _on_worker() -> bool:
+def on_worker() -> bool:
+    """Whether this code runs inside a task on a Dask worker."""
     try:
         from distributed import get_worker
 
@@ -66,14 +67,30 @@ def _on_worker() -> bool:
         return False
 
 
+def default_client() -> Any:
+    """The ``distributed`` client a notebook or script made its default, else None."""
+    import dask
+
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import default_client as current
+
+        return current()
+    except (ImportError, ValueError):
+        return None
+
+
 @contextmanager
 def _executor() -> Iterator[Any]:
-    """A Dask client seen from inside a task, or a local thread pool."""
-    if _on_worker():
+    """A Dask client seen from inside a task, the default client, or a local thread pool."""
+    if on_worker():
         from distributed import worker_client
 
         with worker_client() as client:
             yield client
+    elif (client := default_client()) is not None:
+        yield client
     else:
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
             yield pool
@@ -117,9 +134,9 @@ def _wait(future: Any, reporter: Reporter) -> Any:
 def compute(obj: Any, *, reporter: Reporter) -> Any:
     """Compute a dask collection or delayed value on the cluster, stopping on cancellation.
 
-    On a worker it runs through ``worker_client`` on the whole cluster; elsewhere on the
-    default ``distributed`` client when there is one, else dask's local scheduler."""
-    if _on_worker():
+    On a worker it runs through ``worker_client`` on the whole cluster; elsewhere with
+    dask's current scheduler (the default ``distributed`` client when there is one)."""
+    if on_worker():
         from distributed import worker_client
 
         with worker_client() as client:

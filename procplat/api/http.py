@@ -54,6 +54,14 @@ async def read_json(request: Request) -> Any:
     return value
 
 
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (400 for anything else)."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
 def _check_strings(value: Any) -> None:
     """Refuse strings no file name, hash or index column can hold: NUL (PostgreSQL text) and
     unpaired surrogates such as ``\\ud800`` (not UTF-8). Walks without recursion."""

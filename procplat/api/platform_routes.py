@@ -8,7 +8,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from procplat.api.file_response import file_response
-from procplat.api.http import caller, json_response, query, query_bool, read_json
+from procplat.api.http import caller, json_response, query, query_bool, read_json_object
 from procplat.core import auth
 from procplat.core.datasets import Datasets, user_path
 from procplat.errors import BadRequest, NotFound, PayloadTooLarge
@@ -26,9 +26,7 @@ def _slugs(request: Request) -> tuple[str, str]:
 
 
 async def create_user(request: Request) -> Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await read_json_object(request)
     who = await run_in_threadpool(caller, request)
     username, token = await run_in_threadpool(
         auth.create_user, request.app.state.db, who, body.get("username"), body.get("admin", False)
@@ -37,18 +35,14 @@ async def create_user(request: Request) -> Response:
 
 
 async def create_org(request: Request) -> Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await read_json_object(request)
     who = await run_in_threadpool(caller, request)
     org = await run_in_threadpool(_datasets(request).create_org, who, body.get("slug"), body.get("name"))
     return json_response(org, 201)
 
 
 async def add_member(request: Request) -> Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await read_json_object(request)
     who = await run_in_threadpool(caller, request)
     member = await run_in_threadpool(
         _datasets(request).add_member, who, request.path_params["org"], body.get("username")
@@ -57,9 +51,7 @@ async def add_member(request: Request) -> Response:
 
 
 async def create_dataset(request: Request) -> Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await read_json_object(request)
     who = await run_in_threadpool(caller, request)
     ref = await run_in_threadpool(
         _datasets(request).create_dataset, who, request.path_params["org"], body.get("slug"),
