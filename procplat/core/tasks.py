@@ -263,16 +263,9 @@ class Tasks:
             items = [self._status(s, t, *slugs[t.dataset_id]) for t in rows]
         return {"items": items, "total": total, "skip": skip_n, "take": take_n}
 
-    @staticmethod
-    def _slugs(s: Any, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
-        from procplat.index.models import Dataset, Org
-
-        out = {}
-        for dataset_id in dataset_ids:
-            ds = s.get(Dataset, dataset_id)
-            org = s.get(Org, ds.org_id)
-            out[dataset_id] = (org.slug, ds.slug)
-        return out
+    def _slugs(self, s: Any, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
+        refs = (self.datasets.ref_of(s, dataset_id) for dataset_id in dataset_ids)
+        return {ref.dataset_id: (ref.org_slug, ref.slug) for ref in refs}
 
     @staticmethod
     def _check_state(state: str | None) -> None:
