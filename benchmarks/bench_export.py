@@ -241,7 +241,16 @@ class TreeMemory:
         self.peak = max(self.peak, total)
         self.watched_peak = max(self.watched_peak, watched)
 
+    @staticmethod
+    def machine_busy() -> float:
+        """CPU seconds all processes of the machine have used (not idle, not iowait)."""
+        import psutil
+
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
     def __enter__(self) -> TreeMemory:
+        self.busy0 = self.machine_busy()
         self.before, self.watched_before = self.sample()
         self.per_pid_peak.clear()
         self.peak, self.watched_peak = self.before, self.watched_before
@@ -252,6 +261,7 @@ class TreeMemory:
         self.stopped.set()
         self.thread.join()
         self._update()
+        self.busy = self.machine_busy() - self.busy0  # ours and everybody else's
 
 
 class QuietReporter:
@@ -389,14 +399,14 @@ def child(name: str, src: Path, out: Path, warm: Path, extra: Path | None) -> di
             client.close()
             cluster.close()  # type: ignore[union-attr]
     return {"wall": wall, "cpu": cpu, "peak": memory.peak, "before": memory.before,
-            "bytes": out.stat().st_size}
+            "bytes": out.stat().st_size, "others": max(0.0, memory.busy - cpu)}
 
 
 def child_service(src: Path, out: Path, warm: Path) -> dict[str, Any]:
     """A real service (its own LocalCluster, as ``procplat serve`` starts it) over HTTP."""
     import httpx
-
     from bench_service import ADMIN_TOKEN, LiveServer, finished_in_index
+
     from procplat.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="procplat-bench-export-", dir=out.parent))
@@ -447,7 +457,8 @@ def child_service(src: Path, out: Path, warm: Path) -> dict[str, Any]:
         out.unlink(missing_ok=True)
         os.link(artifact, out)
         return {"wall": wall, "cpu": cpu, "peak": memory.peak, "before": memory.before,
-                "bytes": out.stat().st_size, "committed": committed}
+                "bytes": out.stat().st_size, "committed": committed,
+                "others": max(0.0, memory.busy - cpu)}
     finally:
         if live is not None:
             live.stop()
@@ -479,14 +490,17 @@ def child_memory(src: Path, out: Path, warm: Path, caller: str) -> dict[str, Any
         memory = TreeMemory()
         memory.watched = pids
         with memory:
+            cpu = memory.cpu()
             started = time.perf_counter()
             run(src, out)
             wall = time.perf_counter() - started
+            cpu = memory.cpu() - cpu
     finally:
         warm_out.unlink(missing_ok=True)
         client.close()
         cluster.close()
-    return {"wall": wall, "peak": memory.peak, "before": memory.before,
+    return {"wall": wall, "cpu": cpu, "others": max(0.0, memory.busy - cpu),
+            "peak": memory.peak, "before": memory.before,
             "workers_peak": memory.watched_peak, "workers_before": memory.watched_before,
             "per_worker_peak": [memory.per_pid_peak.get(p, 0) for p in pids],
             "bytes": out.stat().st_size}
@@ -540,7 +554,6 @@ def explain_colour_differences(src: Path, reference: Path, other: Path, limit: i
     index each side's colour belongs to."""
     import numpy as np
     import rasterio
-    from rasterio.windows import Window
 
     from tools import colormaps
 
@@ -642,7 +655,7 @@ def main_speed(args: argparse.Namespace) -> int:
         print(f"source generated in {gen_seconds:.1f} s")
     print()
     header = (f"{'run':<46} {'wall s':>7} {'CPU s':>6} {'Mpx/s':>6} {'peak RSS':>9} "
-              f"{'+RSS':>8} {'out MB':>7}")
+              f"{'+RSS':>8} {'out MB':>7} {'others':>7}")
     print(header)
     print("-" * len(header))
     results: dict[str, dict[str, Any]] = {}
@@ -663,7 +676,8 @@ def main_speed(args: argparse.Namespace) -> int:
         r = results[name] = min(runs, key=lambda x: x["wall"])
         r["walls"] = [x["wall"] for x in runs]
         print(f"{LABELS[name]:<46} {r['wall']:7.1f} {r['cpu']:6.1f} {mpx / r['wall']:6.1f} "
-              f"{gb(r['peak']):>9} {gb(r['peak'] - r['before']):>8} {r['bytes'] / 1e6:7.0f}"
+              f"{gb(r['peak']):>9} {gb(r['peak'] - r['before']):>8} {r['bytes'] / 1e6:7.0f} "
+              f"{r['others']:7.1f}"
               + (f"   (runs: {', '.join(f'{w:.1f}' for w in r['walls'])})" if args.repeat > 1 else ""),
               flush=True)
     if "d" in results and "committed" in results["d"]:
@@ -756,7 +770,7 @@ def main_memory(args: argparse.Namespace) -> int:
     print()
     header = (f"{'size':>7} {'Mpx':>6} {'source MB':>9} {'generated s':>11} {'export s':>8} "
               f"{'Mpx/s':>6} {'workers before':>14} {'workers peak':>12} {'per worker':>17} "
-              f"{'tree peak':>9} {'out MB':>7}")
+              f"{'tree peak':>9} {'out MB':>7} {'CPU s':>6} {'others':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -765,7 +779,8 @@ def main_memory(args: argparse.Namespace) -> int:
         per = " / ".join(f"{p / 2**30:.2f}" for p in r["per_worker_peak"])
         print(f"{r['size']:>6}² {mpx:6.0f} {r['src_bytes'] / 1e6:9.0f} {gen:>11} {r['wall']:8.1f} "
               f"{mpx / r['wall']:6.1f} {gb(r['workers_before']):>14} {gb(r['workers_peak']):>12} "
-              f"{per + ' GB':>17} {gb(r['peak']):>9} {r['bytes'] / 1e6:7.0f}")
+              f"{per + ' GB':>17} {gb(r['peak']):>9} {r['bytes'] / 1e6:7.0f} {r['cpu']:6.1f} "
+              f"{r['others']:6.1f}")
     ratio = rows[-1]["workers_peak"] / rows[0]["workers_peak"]
     ok = abs(ratio - 1) < 0.2
     print(f"\nworkers' peak RSS {rows[-1]['size']}² / {rows[0]['size']}² = {ratio:.3f} "

@@ -191,18 +191,15 @@ class Tasks:
 
     def _check_concurrency(self, s: Any, user: Principal, ref: DatasetRef, tool: RegisteredTool) -> None:
         st = self.settings
+        counts = q.active_counts(s, org_id=ref.org_id, user_id=user.user_id, tool_id=tool.spec.id)
         limits = [
-            (q.count_active(s), st.max_concurrent_tasks_global, "tasks on the service"),
-            (q.count_active(s, org_id=ref.org_id), st.max_concurrent_tasks_per_org,
-             f"tasks in org '{ref.org_slug}'"),
-            (q.count_active(s, user_id=user.user_id), st.max_queued_tasks_per_user,
-             "queued tasks of yours"),
+            (counts.total, st.max_concurrent_tasks_global, "tasks on the service"),
+            (counts.org, st.max_concurrent_tasks_per_org, f"tasks in org '{ref.org_slug}'"),
+            (counts.user, st.max_queued_tasks_per_user, "queued tasks of yours"),
         ]
         if tool.spec.id in BULK_DOWNLOAD_TOOLS:
-            limits.append((
-                q.count_active(s, user_id=user.user_id, tool_id=tool.spec.id),
-                st.max_concurrent_bulk_downloads_per_user, "bulk downloads of yours",
-            ))
+            limits.append((counts.user_tool, st.max_concurrent_bulk_downloads_per_user,
+                           "bulk downloads of yours"))
         for count, limit, what in limits:
             if count >= limit:
                 raise TooManyRequests(f"too many active {what} ({count} of {limit}); retry later")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from procplat.index.models import (
@@ -47,8 +48,16 @@ def add_user(s: Session, username: str, is_admin: bool, token_hash: str, now: da
 
 
 # orgs, members, datasets ------------------------------------------------------------------
+# Statements on the hot paths (every request, every submission) are built once, with bound
+# parameters: building a statement costs more Python time than running it on SQLite.
+_ORG_BY_SLUG = select(Org).where(Org.slug == bindparam("slug"))
+_DATASET_BY_SLUG = select(Dataset).where(
+    Dataset.org_id == bindparam("org_id"), Dataset.slug == bindparam("slug")
+)
+
+
 def org_by_slug(s: Session, slug: str) -> Org | None:
-    return s.scalar(select(Org).where(Org.slug == slug))
+    return s.scalar(_ORG_BY_SLUG, {"slug": slug})
 
 
 def add_org(s: Session, slug: str, name: str, owner_id: int, now: datetime) -> Org:
@@ -68,7 +77,7 @@ def add_member(s: Session, org_id: int, user_id: int) -> None:
 
 
 def dataset_by_slug(s: Session, org_id: int, slug: str) -> Dataset | None:
-    return s.scalar(select(Dataset).where(Dataset.org_id == org_id, Dataset.slug == slug))
+    return s.scalar(_DATASET_BY_SLUG, {"org_id": org_id, "slug": slug})
 
 
 def add_dataset(s: Session, org_id: int, slug: str, visibility: str, now: datetime) -> Dataset:
@@ -130,38 +139,59 @@ def find_dedup_match(
 
     One query: active tasks first (newest created), then Succeeded ones (newest finished).
     """
-    usable = or_(
-        Task.active,
-        and_(
-            Task.state == "Succeeded",
-            Task.finished_at >= since,
-            or_(Artifact.task_id.is_(None), and_(~Artifact.expired, Artifact.expires_at > now)),
+    return s.scalar(
+        _DEDUP_MATCH,
+        {"dataset_id": dataset_id, "request_hash": request_hash, "since": since, "now": now},
+    )
+
+
+_DEDUP_MATCH = (
+    select(Task)
+    .outerjoin(Artifact, Artifact.task_id == Task.id)
+    .where(
+        Task.dataset_id == bindparam("dataset_id"),
+        Task.request_hash == bindparam("request_hash"),
+        or_(
+            Task.active,
+            and_(
+                Task.state == "Succeeded",
+                Task.finished_at >= bindparam("since"),
+                or_(
+                    Artifact.task_id.is_(None),
+                    and_(~Artifact.expired, Artifact.expires_at > bindparam("now")),
+                ),
+            ),
         ),
     )
-    return s.scalar(
-        select(Task)
-        .outerjoin(Artifact, Artifact.task_id == Task.id)
-        .where(Task.dataset_id == dataset_id, Task.request_hash == request_hash, usable)
-        .order_by(Task.active.desc(), Task.finished_at.desc(), Task.created_at.desc())
-        .limit(1)
-    )
+    .order_by(Task.active.desc(), Task.finished_at.desc(), Task.created_at.desc())
+    .limit(1)
+)
 
 
-def count_active(
-    s: Session,
-    *,
-    org_id: int | None = None,
-    user_id: int | None = None,
-    tool_id: str | None = None,
-) -> int:
-    query = select(func.count()).select_from(Task).where(Task.active)
-    if org_id is not None:
-        query = query.where(Task.org_id == org_id)
-    if user_id is not None:
-        query = query.where(Task.user_id == user_id)
-    if tool_id is not None:
-        query = query.where(Task.tool_id == tool_id)
-    return s.scalar(query) or 0
+@dataclass(frozen=True)
+class ActiveCounts:
+    total: int
+    org: int
+    user: int
+    user_tool: int
+
+
+def _count_where(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+_ACTIVE_COUNTS = select(
+    func.count(),
+    _count_where(Task.org_id == bindparam("org_id")),
+    _count_where(Task.user_id == bindparam("user_id")),
+    _count_where(and_(Task.user_id == bindparam("user_id"), Task.tool_id == bindparam("tool_id"))),
+).where(Task.active)
+
+
+def active_counts(s: Session, *, org_id: int, user_id: int, tool_id: str) -> ActiveCounts:
+    """Active tasks in all, of an org, of a user, and of a user with one tool: one query."""
+    row = s.execute(_ACTIVE_COUNTS, {"org_id": org_id, "user_id": user_id, "tool_id": tool_id}).one()
+    return ActiveCounts(*(int(n or 0) for n in row))
 
 
 def get_task(s: Session, task_id: str, *, for_update: bool = False) -> Task | None:
