@@ -144,7 +144,7 @@ class Supervisor:
         """Start the next attempt of an interrupted task, or fail it when out of attempts."""
         max_attempts = self.settings.max_task_attempts
         with self.db.write() as s:
-            task = q.get_task(s, task_id)
+            task = q.get_task(s, task_id, for_update=True)
             if task is None or not task.active:
                 return
             attempt = task.attempts + 1
@@ -205,7 +205,7 @@ class Supervisor:
     def _write_batch(self, batch: dict[str, Pending]) -> None:
         with self.db.write() as s:
             for task_id, pending in batch.items():
-                task = q.get_task(s, task_id)
+                task = q.get_task(s, task_id, for_update=True)
                 if task is None:
                     continue
                 self._apply(s, task, pending)
@@ -296,7 +296,7 @@ class Supervisor:
                 self.datasets.unindex_paths(ref, outcome.entries_removed)
                 self.datasets.index_paths(ref, outcome.entries_added)
         with self.db.write() as s:
-            task = q.get_task(s, outcome.task_id)
+            task = q.get_task(s, outcome.task_id, for_update=True)
             if task is not None and pending is not None and not pending.empty():
                 self._apply(s, task, pending)
             if task is None or not task.active:
@@ -349,7 +349,7 @@ class Supervisor:
 
     def _mark_deleted(self, task_id: str, by: str) -> tuple[bool, bool]:
         with self.db.write() as s:
-            task = q.get_task(s, task_id)
+            task = q.get_task(s, task_id, for_update=True)
             if task is None:
                 return False, False
             was_active = task.active

@@ -196,7 +196,7 @@ def active_counts(s: Session, *, org_id: int, user_id: int, tool_id: str) -> Act
 
 def get_task(s: Session, task_id: str, *, for_update: bool = False) -> Task | None:
     if for_update:
-        return s.scalar(select(Task).where(Task.id == task_id).with_for_update())
+        return s.scalar(select(Task).where(Task.id == task_id).with_for_update().execution_options(populate_existing=True))
     return s.get(Task, task_id)
 
 
