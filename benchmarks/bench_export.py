@@ -200,6 +200,7 @@ class TreeMemory:
         self.peak = 0
         self.watched_peak = 0
         self.per_pid_peak: dict[int, int] = {}
+        self.timeline: list[tuple[float, int]] = []  # (monotonic time, watched RSS)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="tree-memory")
 
@@ -238,6 +239,8 @@ class TreeMemory:
 
     def _update(self) -> None:
         total, watched = self.sample()
+        if self.watched:
+            self.timeline.append((time.monotonic(), watched))
         self.peak = max(self.peak, total)
         self.watched_peak = max(self.watched_peak, watched)
 
@@ -351,11 +354,20 @@ def run_export(src: Path, out: Path) -> None:
     export(src, out, reporter=QuietReporter(), **PARAMS)
 
 
+def worker_env() -> dict[str, str]:
+    """The workers' environment: GDAL_CACHEMAX (as the service gives it) and ``--worker-env``."""
+    env = {"GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", GDAL_CACHEMAX)}
+    extra = os.environ.get("BENCH_EXPORT_WORKER_ENV")
+    if extra:
+        env.update(json.loads(extra))
+    return env
+
+
 def start_cluster() -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", env={"GDAL_CACHEMAX": GDAL_CACHEMAX})
+                           dashboard_address=":0", env=worker_env())
     client = Client(cluster)  # the default client: write_cog and fanout use it
     client.wait_for_workers(2)
     return cluster, client
@@ -465,44 +477,98 @@ def child_service(src: Path, out: Path, warm: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def export_in_worker(src: str, out: str) -> None:
+def export_in_worker(src: str, out: str, patch: bool = False) -> None:
     """``export`` as the service runs it: inside a task on a worker (worker_client)."""
     from tools.raster_export import export
 
+    if patch:
+        patch_wait_any()
     export(src, out, reporter=QuietReporter(), **PARAMS)
 
 
-def child_memory(src: Path, out: Path, warm: Path, caller: str) -> dict[str, Any]:
+def patch_wait_any() -> None:
+    """``--patch-wait-any`` (a diagnostic, not the product): the change proposed for
+    ``tools.cog._DaskRunner.wait_any``. ``distributed.wait`` raises its TimeoutError from
+    ``distributed.utils.sync``, whose frame holds the exception in a closure cell: exception
+    → traceback → frame → cell → exception, a reference cycle that also holds the frames of
+    ``_wait(fs, ...)`` and so the futures passed in. Every 0.2 s wait that times out keeps
+    the pieces then running (and their results, ~5.5 MB of tiles each, on the workers)
+    alive until Python's cyclic GC happens to run. Dropping the traceback breaks the cycle."""
+    import tools.cog
+
+    def wait_any(self: Any, futures: Any, timeout: float) -> set[Any]:
+        from distributed import wait
+
+        try:
+            return set(wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED").done)
+        except TimeoutError as exc:
+            exc.__traceback__ = None
+            return set()
+
+    tools.cog._DaskRunner.wait_any = wait_any  # type: ignore[method-assign]
+
+
+def _count_results(dask_scheduler: Any) -> None:
+    """On the scheduler: the most write_cog piece results held in memory at once."""
+    state = dask_scheduler
+    state.bench_results_max = 0
+    state.bench_stop = False
+
+    def loop() -> None:
+        while not state.bench_stop:
+            held = sum(1 for key, ts in list(state.tasks.items())
+                       if str(key).startswith("cog-") and ts.state == "memory")
+            state.bench_results_max = max(state.bench_results_max, held)
+            time.sleep(SAMPLE)
+
+    threading.Thread(target=loop, daemon=True, name="bench-results").start()
+
+
+def _results_max(dask_scheduler: Any) -> int:
+    dask_scheduler.bench_stop = True
+    return int(dask_scheduler.bench_results_max)
+
+
+def child_memory(src: Path, out: Path, warm: Path, caller: str, patch: bool) -> dict[str, Any]:
     import tools.raster_export  # noqa: F401
 
+    if patch:
+        patch_wait_any()
     cluster, client = start_cluster()
     warm_out = out.with_name(f"warm-{os.getpid()}.tif")
     try:
         def run(s: Path, o: Path) -> None:
             if caller == "worker":
-                client.submit(export_in_worker, str(s), str(o), pure=False).result()
+                client.submit(export_in_worker, str(s), str(o), patch, pure=False).result()
             else:
                 run_export(s, o)
 
         run(warm, warm_out)
         warm_out.unlink(missing_ok=True)
         pids = sorted(client.run(os.getpid).values())
+        client.run_on_scheduler(_count_results)
         memory = TreeMemory()
         memory.watched = pids
         with memory:
             cpu = memory.cpu()
             started = time.perf_counter()
+            t0 = time.monotonic()
             run(src, out)
             wall = time.perf_counter() - started
             cpu = memory.cpu() - cpu
+        results_max = client.run_on_scheduler(_results_max)
     finally:
         warm_out.unlink(missing_ok=True)
         client.close()
         cluster.close()
     return {"wall": wall, "cpu": cpu, "others": max(0.0, memory.busy - cpu),
+            "results_max": results_max,
             "peak": memory.peak, "before": memory.before,
             "workers_peak": memory.watched_peak, "workers_before": memory.watched_before,
             "per_worker_peak": [memory.per_pid_peak.get(p, 0) for p in pids],
+            "deciles": [max((rss for t, rss in memory.timeline
+                             if i / 10 <= (t - t0) / wall < (i + 1) / 10), default=0)
+                        for i in range(10)],
             "bytes": out.stat().st_size}
 
 
@@ -616,10 +682,13 @@ def wait_until_idle(limit: float, quiet: float = 5.0) -> float:
             return busy
 
 
-def spawn(args: list[str], timeout: float) -> dict[str, Any]:
+def spawn(args: list[str], timeout: float, gdal_cachemax: str = GDAL_CACHEMAX,
+          extra_env: list[str] | None = None) -> dict[str, Any]:
+    extra = dict(item.split("=", 1) for item in extra_env or [])
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                          env=os.environ | {"GDAL_CACHEMAX": GDAL_CACHEMAX,
-                                            "CPL_LOG": "/dev/null"},
+                          env=os.environ | {"GDAL_CACHEMAX": gdal_cachemax,
+                                            "CPL_LOG": "/dev/null",
+                                            "BENCH_EXPORT_WORKER_ENV": json.dumps(extra)},
                           timeout=timeout, cwd=ROOT)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -674,7 +743,8 @@ def main_speed(args: argparse.Namespace) -> int:
             load = os.getloadavg()[0]
             outs[name].unlink(missing_ok=True)
             r = spawn(["--child", name, "--src", str(src), "--out", str(outs[name]),
-                       "--warm", str(warm), "--extra", str(outs["a1"])], timeout=3600)
+                       "--warm", str(warm), "--extra", str(outs["a1"])], timeout=3600,
+                      gdal_cachemax=args.gdal_cachemax)
             r["load"] = load
             runs.append(r)
         # the fastest of the runs the rest of the machine left alone (others' CPU ≤ 5 %)
@@ -764,6 +834,9 @@ def main_memory(args: argparse.Namespace) -> int:
     rows = []
     started = time.perf_counter()
     print(f"machine: {machine()}; export called from the {args.memory_caller}; "
+          f"GDAL_CACHEMAX={args.gdal_cachemax} MB per process; "
+          f"worker env {' '.join(args.worker_env) or '-'}; "
+          f"{'PATCHED wait_any (diagnostic); ' if args.patch_wait_any else ''}"
           f"load average before: {os.getloadavg()[0]:.2f}")
     for size in args.sizes:
         src, gen_seconds = ensure_source(cache, size)
@@ -772,7 +845,9 @@ def main_memory(args: argparse.Namespace) -> int:
         if args.wait_idle:
             wait_until_idle(args.wait_idle)
         r = spawn(["--child", "memory", "--src", str(src), "--out", str(out), "--warm", str(warm),
-                   "--memory-caller", args.memory_caller], timeout=3600)
+                   "--memory-caller", args.memory_caller]
+                  + (["--patch-wait-any"] if args.patch_wait_any else []), timeout=3600,
+                  gdal_cachemax=args.gdal_cachemax, extra_env=args.worker_env)
         out.unlink(missing_ok=True)
         r.update(size=size, gen=gen_seconds, src_bytes=src.stat().st_size)
         rows.append(r)
@@ -780,7 +855,7 @@ def main_memory(args: argparse.Namespace) -> int:
     print()
     header = (f"{'size':>7} {'Mpx':>6} {'source MB':>9} {'generated s':>11} {'export s':>8} "
               f"{'Mpx/s':>6} {'workers before':>14} {'workers peak':>12} {'per worker':>17} "
-              f"{'tree peak':>9} {'out MB':>7} {'CPU s':>6} {'others':>6}")
+              f"{'tree peak':>9} {'out MB':>7} {'CPU s':>6} {'others':>6} {'results':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -790,7 +865,10 @@ def main_memory(args: argparse.Namespace) -> int:
         print(f"{r['size']:>6}² {mpx:6.0f} {r['src_bytes'] / 1e6:9.0f} {gen:>11} {r['wall']:8.1f} "
               f"{mpx / r['wall']:6.1f} {gb(r['workers_before']):>14} {gb(r['workers_peak']):>12} "
               f"{per + ' GB':>17} {gb(r['peak']):>9} {r['bytes'] / 1e6:7.0f} {r['cpu']:6.1f} "
-              f"{r['others']:6.1f}")
+              f"{r['others']:6.1f} {r['results_max']:7d}")
+    print("\nworkers' RSS (both summed) over the export, highest in each tenth of its wall time:")
+    for r in rows:
+        print(f"{r['size']:>6}²  " + " ".join(f"{d / 2**30:.2f}" for d in r["deciles"]) + " GB")
     ratio = rows[-1]["workers_peak"] / rows[0]["workers_peak"]
     ok = abs(ratio - 1) < 0.2
     print(f"\nworkers' peak RSS {rows[-1]['size']}² / {rows[0]['size']}² = {ratio:.3f} "
@@ -817,6 +895,15 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--memory-caller", choices=("worker", "client"), default="worker",
                         help="run export inside a task (as the service does) or from here")
+    parser.add_argument("--gdal-cachemax", default=GDAL_CACHEMAX, metavar="MB",
+                        help="GDAL_CACHEMAX of every process (256: what the service gives "
+                             "its workers)")
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more environment for the LocalCluster workers (--memory; "
+                             "e.g. MALLOC_ARENA_MAX=2)")
+    parser.add_argument("--patch-wait-any", action="store_true",
+                        help="diagnostic: run with the fix proposed for tools.cog "
+                             "_DaskRunner.wait_any (see patch_wait_any)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -825,7 +912,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         if args.child == "memory":
-            result = child_memory(args.src, args.out, args.warm, args.memory_caller)
+            result = child_memory(args.src, args.out, args.warm, args.memory_caller,
+                                  args.patch_wait_any)
         else:
             result = child(args.child, args.src, args.out, args.warm, args.extra)
         print("RESULT " + json.dumps(result), flush=True)
