@@ -3,7 +3,7 @@
 Generates (once, cached in ``--dir``, in 2048² blocks so memory stays bounded) a SIZE²
 4-band uint8 RGBN GeoTIFF, tiled 512², DEFLATE (level 6, horizontal predictor), nodata 0 in
 a collar around a tilted footprint, with field-like texture (parcels of different crop
-vigour, tracks, 1/f noise, ±3 grey levels of pixel noise; DEFLATE keeps ~51 % of it). Then
+vigour, tracks, 1/f noise, ±3 grey levels of pixel noise; DEFLATE keeps ~49 % of it). Then
 every run below renders NDVI (``bandFilter`` RGBN: R = band 1, N = band 4) rescaled by
 ``-1,1`` with the ``rdylgn`` colormap to RGBA (transparent where R or N is nodata or
 N + R = 0), tiled 512², DEFLATE level 6 with the horizontal predictor, average overviews:
@@ -31,20 +31,27 @@ service start-up are not timed) with ``GDAL_CACHEMAX=256`` (MB per process, as t
 service's workers get), and a warm-up of the same kind on a 1024² raster first (imports on
 the workers, a service that has run a task before). Peak memory is the peak of the summed
 resident memory of the child's whole process tree (the run's process: caller, scheduler,
-nannies or the service; plus its worker processes), sampled every 50 ms with psutil.
+nannies or the service; plus its worker processes), sampled every 50 ms with psutil. CPU
+seconds are those of that tree; "others" is the CPU time the rest of the machine used
+meanwhile (other people's jobs inflate wall times: with ``--repeat`` the fastest run with
+others ≤ 5 % of ours is shown, a ``*`` marks a run without such a clean repeat).
 
 Afterwards the outputs are read back: c's full-resolution RGBA must equal a1's and a2's
 pixel for pixel (differences are counted and explained), d's artifact must be c's file
-byte for byte, and c and d must be valid COGs (rio-cogeo). Overviews are compared for
+byte for byte, and c must be a valid COG (rio-cogeo). Overviews are compared for
 information only (GDAL and write_cog average alpha differently).
 
 ``--memory`` (issue 3 item 7): export 8192² and 32768² rasters of the same kind on the
 LocalCluster and report the peak resident memory of the worker processes (the export is
 submitted as a task, so the caller — what the service runs inside ``run_job`` — lives on a
 worker too, as in the service; ``--memory-caller client`` calls it from this process).
+It also counts the most write_cog piece results the scheduler holds in memory at once.
+``--patch-wait-any`` runs it with the fix proposed for ``tools.cog._DaskRunner.wait_any``
+(a monkeypatch in the benchmark, see :func:`patch_wait_any`), to measure its effect.
 
     python benchmarks/bench_export.py [--size 16384] [--only a1 a2 b b2 c d] [--repeat 1]
-    python benchmarks/bench_export.py --memory [--sizes 8192 32768]
+                                      [--wait-idle SECONDS] [--keep] [--json FILE]
+    python benchmarks/bench_export.py --memory [--sizes 8192 32768] [--patch-wait-any]
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ LABELS = {
     "c": "c  export(), LocalCluster 2×1",
     "d": "d  HTTP API, POST → Succeeded",
 }
-PARAMS = {"formula": "NDVI", "bandFilter": "RGBN", "colormap": "rdylgn", "rescale": "-1,1"}
+PARAMS: dict[str, Any] = {"formula": "NDVI", "bandFilter": "RGBN", "colormap": "rdylgn", "rescale": "-1,1"}
 BLOCK = 512  # TIFF tiles of the source and of every output
 GEN_BLOCK = 2048  # generation window
 LEVEL = 6  # DEFLATE level (GDAL's default, write_cog's default)
@@ -582,8 +589,8 @@ def compare_pixels(reference: Path, others: list[Path], level: int | None = None
     import rasterio
     from rasterio.windows import Window
 
-    results = [{"pixels": 0, "alpha": 0, "colour_only": 0, "max_abs": 0, "index_steps": {}}
-               for _ in others]
+    results: list[dict[str, Any]] = [
+        {"pixels": 0, "alpha": 0, "colour_only": 0, "max_abs": 0} for _ in others]
     kwargs = {} if level is None else {"overview_level": level}
     with contextlib.ExitStack() as stack:
         ref = stack.enter_context(rasterio.open(reference, **kwargs))
@@ -793,21 +800,22 @@ def main_speed(args: argparse.Namespace) -> int:
     print("\nchecks:")
     ok = True
     if "c" in results:
-        refs = [n for n in ("a1", "a2") if n in results]
+        refs = [ref for ref in ("a1", "a2") if ref in results]
         if refs:
-            diffs = compare_pixels(outs["c"], [outs[n] for n in refs])
-            for n, res in zip(refs, diffs):
+            diffs = compare_pixels(outs["c"], [outs[ref] for ref in refs])
+            for ref, res in zip(refs, diffs):
                 same = res["pixels"] == 0
                 ok &= same
-                print(f"  c's full-resolution RGBA equals {n}'s: {'yes' if same else 'NO'} "
+                print(f"  c's full-resolution RGBA equals {ref}'s: {'yes' if same else 'NO'} "
                       f"({res['pixels']} of {res['total']} pixels differ; alpha differs at "
                       f"{res['alpha']}, colour only at {res['colour_only']}; max |Δ| {res['max_abs']})")
                 if not same:
-                    print("\n".join(explain_colour_differences(src, outs[n], outs["c"])))
+                    print("\n".join(explain_colour_differences(src, outs[ref], outs["c"])))
             lv = compare_pixels(outs["c"], [outs[refs[0]]], level=0)[0]
             print(f"  (information) 2× overview, c vs {refs[0]}: {lv['pixels']} of {lv['total']} "
-                  f"pixels differ (alpha at {lv['alpha']}; max |Δ| {lv['max_abs']}): GDAL's "
-                  "average and write_cog's alpha-weighted average")
+                  f"pixels differ (alpha at {lv['alpha']}, colour only at {lv['colour_only']}; "
+                  f"max |Δ| {lv['max_abs']}): at partly transparent 2×2 windows GDAL's average "
+                  "gives alpha 255, write_cog the mean of the four (64, 128, 191)")
         print(f"  c is a valid COG: {'yes' if is_cog(outs['c']) else 'NO'}")
     if "c" in results and "d" in results:
         same = sha256(outs["c"]) == sha256(outs["d"])
