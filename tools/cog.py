@@ -94,6 +94,7 @@ Resampling = Literal["average", "nearest"]
 DEFAULT_PIECE = 2048
 MAX_PIECE = 8192
 WAIT_SLICE = 0.2
+POLL_INTERVAL = 0.01
 BIGTIFF_THRESHOLD = 2**32 - 1  # a classic TIFF cannot address more
 _COPY_CHUNK = 8 << 20
 
@@ -630,16 +631,23 @@ class _DaskRunner:
         return self.client.scatter(data, hash=False)
 
     def wait_any(self, futures: Sequence[Any], timeout: float) -> set[Any]:
-        from distributed import wait
-
-        try:
-            return set(wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED").done)
-        except TimeoutError:
-            return set()
+        # Polled, not distributed.wait(timeout=...): the TimeoutError that raises is caught in
+        # a reference cycle that keeps the pending futures (and their ~5 MB results on the
+        # workers) alive until the garbage collector runs, so memory grew with the raster.
+        return _poll_done(futures, timeout)
 
     def cancel(self, futures: Sequence[Any]) -> None:
         if futures:
             self.client.cancel(list(futures))
+
+
+def _poll_done(futures: Sequence[Any], timeout: float) -> set[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = {f for f in futures if f.done()}
+        if done or time.monotonic() >= deadline:
+            return done
+        time.sleep(POLL_INTERVAL)
 
 
 @contextmanager

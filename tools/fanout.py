@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from tools.contract import Cancelled, Reporter
 
 T = TypeVar("T")
-WAIT_SLICE = 0.2
+POLL_INTERVAL = 0.01
 CHECK_INTERVAL = 0.2
 
 
@@ -122,12 +122,14 @@ def fan_out(
 
 
 def _wait(future: Any, reporter: Reporter) -> Any:
-    while True:
+    """The future's result, checking for cancellation while it runs. Polled rather than
+    ``result(timeout=...)``: a distributed TimeoutError keeps futures alive in a reference
+    cycle until the garbage collector runs."""
+    while not future.done():
         reporter.check_cancelled()
-        try:
-            return future.result(timeout=WAIT_SLICE)
-        except TimeoutError:  # also what concurrent.futures and distributed raise
-            continue
+        time.sleep(POLL_INTERVAL)
+    reporter.check_cancelled()
+    return future.result()
 
 
 
