@@ -87,6 +87,14 @@ class Reporter(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ToolLimits:
+    """Operator settings a tool must honour (the service fills them from its settings)."""
+
+    max_archive_extract_bytes: int = 5 * 1024**3
+    raster_tile_size: int = 512
+
+
+@dataclass(frozen=True, kw_only=True)
 class ToolContext:
     """Everything a run may touch besides its parameters."""
 
@@ -95,6 +103,7 @@ class ToolContext:
     work_dir: Path
     reporter: Reporter
     cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.fanout)
+    limits: ToolLimits = field(default_factory=ToolLimits)
 
 
 class PrintReporter:

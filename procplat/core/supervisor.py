@@ -104,6 +104,8 @@ class Supervisor:
             dataset_root=str(ref.root.resolve()),
             work_root=str(st.work_dir.resolve()), artifacts_root=str(st.artifacts_dir.resolve()),
             annotations={"procplat_task": task.id, "procplat_tool": task.tool_id},
+            limits={"max_archive_extract_bytes": st.max_archive_extract_size_bytes,
+                    "raster_tile_size": st.default_raster_tile_size},
         )
 
     def _enqueue(self, job: Job) -> None:

@@ -25,6 +25,7 @@ class Job:
     work_root: str
     artifacts_root: str
     annotations: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)  # tools.contract.ToolLimits fields
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from typing import Any
 from distributed import Event, get_worker
 
 from procplat.engine.job import EVENT_TOPIC, Job, cancel_event_name
-from tools.contract import Cancelled, ToolContext, ToolError, ToolResult
+from tools.contract import Cancelled, ToolContext, ToolError, ToolLimits, ToolResult
 from tools.hashing import sha256_file
 
 CANCEL_CHECK_INTERVAL = 0.2
@@ -120,6 +120,7 @@ def run_job(job: Job) -> dict[str, Any]:
         work_dir=work_dir,
         reporter=reporter,
         cancel_event=cancel_event_name(job.task_id),
+        limits=ToolLimits(**job.limits),
     )
     try:
         reporter.check_cancelled()
