@@ -282,3 +282,60 @@ def test_large_files_are_deflated_by_pieces_on_the_cluster(world: World) -> None
     with Client(world.server.settings.dask_address, timeout="30s") as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
     assert "bulk_download_deflate" in prefixes
+
+
+def test_sweeper_removes_staging_folders_of_tasks_that_are_no_longer_active(
+    server: LiveServer, world: World
+) -> None:
+    """A crash can leave a tool's ``.ddb/tmp/<tool>-<task id>`` behind; uploads' temporary
+    files and folders of active tasks are left alone."""
+    world.upload("s.txt", b"s")
+    finished = world.submit("bulk-download", {"paths": ["s.txt"]}).json()["taskId"]
+    world.wait(finished)
+    tmp = world.root / ".ddb" / "tmp"
+    leftover = tmp / f"merge-multispectral-{finished}"
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "half.tif").write_bytes(b"half")
+    unknown = tmp / "upload-0123456789abcdef0123456789abcdef"
+    unknown.write_bytes(b"an upload in flight")
+    server.app_state.supervisor.sweep()
+    assert not leftover.exists()
+    assert unknown.exists()
+    unknown.unlink()
+
+
+def test_a_finished_write_tool_runs_again_when_resubmitted(world: World) -> None:
+    """Dedup answers with a Succeeded task only while its artifact lives; a tool that writes
+    into the dataset has none, so the same request runs again (the dataset may have changed)."""
+    world.upload("r/a.txt", b"a")
+    first = world.submit("rescan-index", {})
+    assert first.status_code == 202, first.text
+    assert world.wait(first.json()["taskId"])["state"] == "Succeeded"
+    again = world.submit("rescan-index", {})
+    assert again.status_code == 202 and again.json()["taskId"] != first.json()["taskId"]
+
+
+def test_each_task_is_a_dask_span_holding_the_chunks_its_tool_fans_out(
+    server: LiveServer, world: World
+) -> None:
+    """The dashboard groups a task's work: the task and the sub-tasks it submits from the
+    worker live in the span ("procplat", tool, task id); health and status link the dashboard."""
+    from distributed import Client
+
+    world.upload("span/a.bin", bytes(range(256)) * 40_000)  # 10 MB: deflated in pieces
+    task_id = world.submit("bulk-download", {"paths": ["span"]}).json()["taskId"]
+    status = world.wait(task_id)
+    assert status["state"] == "Succeeded"
+    assert status["dashboardLink"] and world.user.get("/sys/health").json()["dashboardLink"]
+
+    def spans(dask_scheduler, task=task_id):  # type: ignore[no-untyped-def]
+        ext = dask_scheduler.extensions["spans"]
+        found = [s for s in ext.spans.values() if s.name == ("procplat", "bulk-download", task)]
+        return [sorted(g.name for g in s.traverse_groups()) for s in found]
+
+    with Client(server.settings.dask_address, timeout="30s") as client:
+        groups = client.run_on_scheduler(spans)
+    assert groups, "no span for the task"
+    names = {name for found in groups for name in found}
+    assert task_id.split("-")[0] in names, names  # the task itself (its key's prefix)
+    assert "bulk_download_deflate" in names, names  # the pieces it fanned out

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ from tools.contract import (
 )
 from tools.fanout import StopSignal, fan_out
 from tools.raster_graph import RasterHeader, open_raster, read_header
-from tools.safepath import normalize_relpath, resolve_in_dataset
+from tools.safepath import lstat_in_dataset, normalize_relpath, resolve_in_dataset
+from tools.staging import move_into_dataset, staging
 
 MODES = ("similarity", "translation")
 MIN_OVERLAP = 0.05
@@ -235,10 +237,10 @@ class Pair:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Continuous source pixel coordinates → continuous reference pixel coordinates,
         with the source's map coordinates corrected by ``model``."""
-        x, y = self.source.transform * (cols, rows)
+        x, y = reg.apply_affine(self.source.transform, cols, rows)
         x, y = model.apply(np.asarray(x), np.asarray(y))
         x, y = self.reprojection(x, y)
-        c, r = ~self.reference.transform * (x, y)
+        c, r = reg.apply_affine(~self.reference.transform, x, y)
         return np.asarray(c), np.asarray(r)
 
     def from_reference_bounds(self) -> tuple[float, float, float, float]:
@@ -248,11 +250,11 @@ class Pair:
 
         ref = self.reference
         cols, rows = _ring(ref.width, ref.height)
-        x, y = ref.transform * (cols, rows)
+        x, y = reg.apply_affine(ref.transform, cols, rows)
         if not self.reprojection.identity:
             x, y = transform(CRS.from_wkt(ref.crs_wkt), CRS.from_wkt(self.source.crs_wkt),
                              list(x), list(y))
-        c, r = ~self.source.transform * (np.asarray(x), np.asarray(y))
+        c, r = reg.apply_affine(~self.source.transform, x, y)
         return float(np.min(c)), float(np.min(r)), float(np.max(c)), float(np.max(r))
 
 
@@ -348,7 +350,11 @@ def check_inputs(source: Path, reference: Path) -> Checked:
 def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     source = _input(dataset_root, params, "sourcePath")
     reference = _input(dataset_root, params, "referencePath")
-    resolve_in_dataset(dataset_root, output_relpath(params))
+    rel = output_relpath(params)
+    resolve_in_dataset(dataset_root, rel)
+    found = lstat_in_dataset(dataset_root, rel)  # no file or symlink among its folders
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        raise InvalidParams(f"outputPath '{rel}' is a folder")
     checked = check_inputs(source, reference)
     h = checked.header
     itemsize = np.dtype(h.dtype).itemsize
@@ -385,16 +391,26 @@ def _patch_sampler(pair: Pair, model: reg.Similarity, values: np.ndarray, valid:
 
 
 def match_window(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: reg.PatchSampler,
-                 *, keep_samples: bool = False) -> reg.Refined | None:
-    """Seed by phase correlation (trusted within a quarter window), refine by Gauss–Newton."""
+                 *, keep_samples: bool = False, seek: bool = False) -> reg.Refined | None:
+    """Refine from the model's prediction; when that fails (or with ``seek``, when the
+    prediction may be pixels off) seed by phase correlation (trusted within a quarter
+    window) and keep the better-correlated answer."""
+    refined = None
+    if not seek:
+        refined = reg.refine_shift(fixed, fixed_valid, sampler, keep_samples=keep_samples)
+        if refined is not None and refined.converged and refined.ncc >= MIN_NCC:
+            return refined
     h, w = fixed.shape
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
     moving, moving_valid = sampler.sample(rows, cols)
     seed = reg.phase_correlation(fixed, moving, fixed_valid, moving_valid)
-    start = (0.0, 0.0)
-    if seed is not None and max(abs(seed.dy), abs(seed.dx)) < min(h, w) / 4:
-        start = (seed.dy, seed.dx)
-    return reg.refine_shift(fixed, fixed_valid, sampler, start, keep_samples=keep_samples)
+    if seed is None or max(abs(seed.dy), abs(seed.dx)) >= min(h, w) / 4:
+        return refined
+    seeded = reg.refine_shift(fixed, fixed_valid, sampler, (seed.dy, seed.dx),
+                              keep_samples=keep_samples)
+    if refined is None or (seeded is not None and seeded.ncc > refined.ncc):
+        return seeded
+    return refined
 
 
 @dataclass(frozen=True)
@@ -476,29 +492,44 @@ class Estimate:
     heights: list[np.ndarray] = field(default_factory=list)
 
 
+class NoFit(ToolError):
+    """The tie points do not determine a model (too few matched, or they disagree)."""
+
+
 def _fit(pair: Pair, model: reg.Similarity, points: Sequence[TiePoint], *, mode: reg.Mode,
-         pixel: float) -> Estimate | None:
+         pixel: float) -> Estimate:
     """Tie points → correspondences (source map point, where its content really is) → fit."""
     good = [p for p in points if p.ok]
-    if len(good) < MIN_TIE_POINTS[mode]:
-        return None
+    need = MIN_TIE_POINTS[mode]
+    if len(good) < need:
+        raise NoFit(
+            f"could not match the rasters: {len(good)} of {len(points)} windows matched (at "
+            f"least {need} needed); the overlap has too little texture, or the rasters do not "
+            "show the same place"
+        )
     t = pair.source.transform
     cols = np.array([p.col for p in good])
     rows = np.array([p.row for p in good])
-    px, py = t * (cols, rows)
-    qx, qy = t * (cols + np.array([p.dx for p in good]), rows + np.array([p.dy for p in good]))
-    qx, qy = model.apply(np.asarray(qx), np.asarray(qy))
+    px, py = reg.apply_affine(t, cols, rows)
+    qx, qy = reg.apply_affine(t, cols + np.array([p.dx for p in good]),
+                              rows + np.array([p.dy for p in good]))
+    qx, qy = model.apply(qx, qy)
     p = np.column_stack([px, py])
     q = np.column_stack([qx, qy])
-    centre = (model.cx, model.cy)
-    fit = reg.robust_fit(p, q, centre=centre, mode=mode, threshold=INLIER_THRESHOLD_PX * pixel)
-    if int(fit.inliers.sum()) < MIN_TIE_POINTS[mode]:
-        return None
+    fit = reg.robust_fit(p, q, centre=(model.cx, model.cy), mode=mode,
+                         threshold=INLIER_THRESHOLD_PX * pixel)
+    inliers = int(fit.inliers.sum())
+    if inliers < need:
+        hint = ("the source also looks rotated or scaled: try mode 'similarity'"
+                if mode == "translation" else "the distortion is not a similarity")
+        raise NoFit(
+            f"{len(good)} windows matched but only {inliers} agree on one {mode} (at least "
+            f"{need} needed): {hint}"
+        )
     inlier_points = [g for g, keep in zip(good, fit.inliers) if keep]
     return Estimate(
-        model=fit.model, inliers=int(fit.inliers.sum()), candidates=len(good),
-        windows=len(points), rmse_px=fit.rmse / pixel,
-        ncc=float(np.median([g.ncc for g in inlier_points])),
+        model=fit.model, inliers=inliers, candidates=len(good), windows=len(points),
+        rmse_px=fit.rmse / pixel, ncc=float(np.median([g.ncc for g in inlier_points])),
         heights=[g.heights for g in inlier_points if g.heights is not None],
     )
 
@@ -518,9 +549,9 @@ def _window_grid(overlap: Overlap, size: int, cap: int) -> list[tuple[int, int]]
 
 
 def window_size(overlap: Overlap) -> int:
-    """A power of two between MIN_WINDOW and MAX_WINDOW, about an eighth of the overlap."""
+    """A power of two between MIN_WINDOW and MAX_WINDOW, at most a sixth of the overlap."""
     size = MAX_WINDOW
-    while size > MIN_WINDOW and size * 8 > min(overlap.width, overlap.height):
+    while size > MIN_WINDOW and size * 6 > min(overlap.width, overlap.height):
         size //= 2
     return size
 
@@ -535,7 +566,7 @@ def coarse_estimate(pair: Pair, overlap: Overlap, *, mode: reg.Mode, reporter: R
     factor = max(1, math.ceil(max(overlap.width, overlap.height) / COARSE_SIZE))
     shape = (max(1, overlap.height // factor), max(1, overlap.width // factor))
     step_y, step_x = overlap.height / shape[0], overlap.width / shape[1]
-    centre = src_grid.transform * (src_grid.width / 2, src_grid.height / 2)
+    centre = reg.apply_affine(src_grid.transform, src_grid.width / 2, src_grid.height / 2)
     model = reg.Similarity(cx=centre[0], cy=centre[1])
     with rasterio.open(src_grid.path) as src, rasterio.open(pair.reference.path) as ref:
         fixed, fixed_valid = read_values(
@@ -552,7 +583,7 @@ def coarse_estimate(pair: Pair, overlap: Overlap, *, mode: reg.Mode, reporter: R
                               ref_col0=rc0, ref_row0=rr0, ref_step_x=ref_step, ref_step_y=ref_step,
                               step_x=step_x, step_y=step_y)
 
-    whole = match_window(fixed, fixed_valid, sampler_for(model))
+    whole = match_window(fixed, fixed_valid, sampler_for(model), seek=True)
     if whole is not None and whole.ncc > 0.1:
         point = TiePoint(shape[1] / 2, shape[0] / 2, whole.dy, whole.dx, whole.ncc, True)
         model = _coarse_fit(pair, overlap, model, [point], "translation", step_x, step_y) or model
@@ -564,7 +595,7 @@ def coarse_estimate(pair: Pair, overlap: Overlap, *, mode: reg.Mode, reporter: R
         for c0, r0 in grid:
             win = (slice(r0, r0 + size), slice(c0, c0 + size))
             local = _offset_sampler(sampler, r0, c0)
-            refined = match_window(fixed[win], fixed_valid[win], local)
+            refined = match_window(fixed[win], fixed_valid[win], local, seek=True)
             points.append(_tie_point((c0 + size / 2, r0 + size / 2), refined, fixed[win]))
         model = _coarse_fit(pair, overlap, model, points, mode, step_x, step_y) or model
     reporter.progress(1.0, "coarse")
@@ -597,12 +628,14 @@ def _coarse_fit(pair: Pair, overlap: Overlap, model: reg.Similarity, points: lis
     if len(scaled) == 1:
         t = pair.source.transform
         p = scaled[0]
-        px, py = t * (p.col, p.row)
-        qx, qy = model.apply(*(np.asarray(v) for v in t * (p.col + p.dx, p.row + p.dy)))
+        px, py = reg.apply_affine(t, p.col, p.row)
+        qx, qy = model.apply(*reg.apply_affine(t, p.col + p.dx, p.row + p.dy))
         return reg.Similarity(a=model.a, b=model.b, tx=model.tx + float(qx) - px,
                               ty=model.ty + float(qy) - py, cx=model.cx, cy=model.cy)
-    estimate = _fit(pair, model, scaled, mode=mode, pixel=pixel)
-    return estimate.model if estimate is not None else None
+    try:
+        return _fit(pair, model, scaled, mode=mode, pixel=pixel).model
+    except NoFit:
+        return None
 
 
 def _coarse_reference(pair: Pair, model: reg.Similarity, overlap: Overlap, factor: int, ref: Any,
@@ -648,17 +681,10 @@ def estimate(pair: Pair, overlap: Overlap, *, mode: reg.Mode, reporter: Reporter
             points += batch
             reporter.progress(done / len(jobs))
         result = _fit(pair, model, points, mode=mode, pixel=pair.source.pixel_size)
-        if result is None:
-            matched = sum(p.ok for p in points)
-            raise ToolError(
-                f"could not match the rasters: {matched} of {len(points)} windows of "
-                f"{size}×{size} px matched (at least {MIN_TIE_POINTS[mode]} needed); the overlap "
-                "has too little texture, or the rasters do not show the same place"
-            )
         model = result.model
         reporter.log(
-            f"Pass {n + 1}: {result.inliers} of {result.candidates} matched windows are inliers "
-            f"(of {result.windows}), rmse {result.rmse_px:.3f} px: "
+            f"Pass {n + 1}: {result.inliers} of {result.candidates} matched {size}×{size} windows "
+            f"are inliers (of {result.windows}), rmse {result.rmse_px:.3f} px: "
             f"{_describe(model, pair.source.pixel_size)}"
         )
     assert result is not None
@@ -722,8 +748,8 @@ def _warnings(est: Estimate, checked_warning: str | None, confidence: float) -> 
 def _corrected(da: xr.DataArray, transform: Affine) -> xr.DataArray:
     """``da`` with a new north-up-or-not geotransform (pixels untouched)."""
     height, width = da.sizes["y"], da.sizes["x"]
-    xs = (transform * (np.arange(width) + 0.5, np.full(width, 0.5)))[0]
-    ys = (transform * (np.full(height, 0.5), np.arange(height) + 0.5))[1]
+    xs = reg.apply_affine(transform, np.arange(width) + 0.5, np.full(width, 0.5))[0]
+    ys = reg.apply_affine(transform, np.full(height, 0.5), np.arange(height) + 0.5)[1]
     out = da.assign_coords(x=np.asarray(xs), y=np.asarray(ys))
     return out.rio.write_transform(transform)
 
@@ -738,7 +764,7 @@ def _shift_heights(da: xr.DataArray, shift_z: float, nodata: float | None) -> xr
 def translated(src: Path, model: reg.Similarity, shift_z: float | None) -> xr.DataArray:
     """The source with the corrected geotransform; pixels copied as they are."""
     da = open_raster(src)
-    new = Affine(*model.coefficients()) * da.rio.transform()
+    new = Affine(*model.coefficients()) @ da.rio.transform()
     out = _corrected(da, new)
     if shift_z:
         out = _shift_heights(out, shift_z, da.rio.nodata)
@@ -818,37 +844,14 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     source = _input(root, params, "sourcePath")
     reference = _input(root, params, "referencePath")
     rel = output_relpath(params)
-    dst = resolve_in_dataset(root, rel)
-    created = _make_parents(root, dst)
-    try:
-        result = align(source, reference, dst, mode=params.get("mode") or "similarity",
-                       reporter=ctx.reporter, stop=StopSignal(ctx.cancel_event))
-    except BaseException:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
+    stop = StopSignal(ctx.cancel_event)
+    with staging(root, SPEC.id, ctx.task_id) as folder:
+        staged = folder / Path(rel).name
+        result = align(source, reference, staged, mode=params.get("mode") or "similarity",
+                       reporter=ctx.reporter, stop=stop)
+        ctx.reporter.check_cancelled()
+        stop.check()
+        move_into_dataset(staged, root, rel)
     summary = result.to_json()
     summary["output"] = rel
     return ToolResult(entries_added=[rel], summary=summary)
-
-
-def _make_parents(root: Path, dst: Path) -> list[Path]:
-    """Create the output's missing folders (refusing files or links on the way)."""
-    created: list[Path] = []
-    for parent in reversed(list(_parents_below(root, dst))):
-        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-            raise InvalidParams(f"'{parent.relative_to(root).as_posix()}' is not a folder")
-        if not parent.exists():
-            parent.mkdir()
-            created.append(parent)
-    return created
-
-
-def _parents_below(root: Path, path: Path) -> Iterator[Path]:
-    parent = path.parent
-    while parent != root and parent != parent.parent:
-        yield parent
-        parent = parent.parent

@@ -46,6 +46,7 @@ class ToolSpec:
     produces_artifact: bool
     result_extension: str | None
     input_schema: dict[str, Any]
+    reads_index: bool = False  # the run is given the index's entries (ToolContext.entries)
 
     @property
     def takes_path(self) -> bool:
@@ -61,12 +62,58 @@ class Plan:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BuildState:
+    """The derivatives built for one entry (``.ddb/build/<hash>/``), as stored in the index.
+
+    ``state`` is ``built``, ``pending`` (a program is missing: ``missing`` names it) or
+    ``failed`` (``error`` says why); ``hash`` is the entry hash the build was made from (a
+    build whose hash differs from the entry's is stale); ``outputs`` are dataset-relative.
+    """
+
+    state: str
+    hash: str
+    missing: str | None = None
+    error: str | None = None
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexedEntry:
+    """An entry as the index knows it when a run starts (for tools with ``reads_index``)."""
+
+    path: str
+    type: str
+    size: int
+    hash: str | None
+    mtime: float  # POSIX seconds
+    properties: dict[str, Any] = field(default_factory=dict)
+    build: BuildState | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryUpdate:
+    """What a run found out about an existing entry; the service writes it to the index,
+    unless the entry's hash is no longer ``expected_hash`` (it changed during the run).
+    Fields left None are kept."""
+
+    path: str
+    expected_hash: str | None
+    type: str | None = None
+    properties: dict[str, Any] | None = None
+    size: int | None = None
+    hash: str | None = None
+    mtime: float | None = None
+    build: BuildState | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ToolResult:
     """What a run produced. Paths of entries are dataset-relative, POSIX style."""
 
     artifact: Path | None = None
     entries_added: list[str] = field(default_factory=list)
     entries_removed: list[str] = field(default_factory=list)
+    entries_updated: list[EntryUpdate] = field(default_factory=list)
     summary: dict[str, Any] | None = None
 
 
@@ -104,6 +151,7 @@ class ToolContext:
     reporter: Reporter
     cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.fanout)
     limits: ToolLimits = field(default_factory=ToolLimits)
+    entries: tuple[IndexedEntry, ...] = ()  # filled only for tools with ``reads_index``
 
 
 class PrintReporter:

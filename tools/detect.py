@@ -11,7 +11,8 @@ Rules, first match wins:
 2. The type comes from the file name, matched case-insensitively on the longest known
    suffix (``a.TAR.GZ`` is an archive): las/laz → pointcloud; geojson/gpkg/shp/kml/fgb →
    vector; zip/tar/tgz/tar.gz/tar.bz2/tar.xz/7z → archive; md → markdown; obj/gltf/glb/ply
-   → model; mp4/mov/avi/mkv/webm → video. These files are not opened. Unknown → generic.
+   → model; mp4/mov/avi/mkv/webm → video. Only point clouds and vectors among these are
+   opened, for their header properties (:mod:`tools.detect_geodata`). Unknown → generic.
 3. A picture (jpg/jpeg/tif/tiff/png/dng/webp) is opened:
 
    - a ``.tif``/``.tiff`` whose dataset has a CRS (``rasterio`` ``src.crs``; GCP-only
@@ -36,6 +37,9 @@ Properties:
   (ISO-8601 from EXIF DateTimeOriginal, with OffsetTimeOriginal when present, else None),
   plus ``gps`` = {latitude, longitude, altitude} (floats, S/W negative, altitude None when
   absent, negative below sea level) whenever GPS is present.
+
+- pointcloud, vector: see :mod:`tools.detect_geodata`; a file its library cannot read keeps
+  its type with ``properties = {"error": "<short message>"}``.
 
 Failures: a picture Pillow cannot read (corrupt, truncated, wrong content, float or 4-band
 uint16 TIFF, too many pixels for Pillow's bomb guard) falls back to rasterio for width and
@@ -90,6 +94,7 @@ _SUFFIX_TYPES: dict[str, str] = {
     **dict.fromkeys((".mp4", ".mov", ".avi", ".mkv", ".webm"), "video"),
 }
 _SUFFIXES_LONGEST_FIRST = sorted(_SUFFIX_TYPES, key=len, reverse=True)
+_GEODATA_TYPES = frozenset(("pointcloud", "vector"))
 _TIFF_SUFFIXES = frozenset((".tif", ".tiff"))
 
 _PANORAMA_MIN_WIDTH = 2000
@@ -155,11 +160,28 @@ def detect(path: Path) -> Detected:
         return Detected(type="directory", properties={})
     suffix = _matching_suffix(path.name)
     entry_type = _SUFFIX_TYPES.get(suffix or "", "generic")
+    if entry_type in _GEODATA_TYPES:
+        return _detect_geodata(path, entry_type)
     if entry_type != "image":
         return Detected(type=entry_type, properties={})
     if suffix in _TIFF_SUFFIXES:
         return _detect_tiff(path)
     return _detect_picture(path)
+
+
+def _detect_geodata(path: Path, entry_type: str) -> Detected:
+    """A point cloud or vector file: its header properties, or an ``error`` property."""
+    from tools import detect_geodata
+
+    read = (
+        detect_geodata.pointcloud_properties if entry_type == "pointcloud"
+        else detect_geodata.vector_properties
+    )
+    try:
+        properties = read(path)
+    except Exception as exc:  # noqa: BLE001 - any read failure becomes an error property
+        properties = {"error": _short_error(path, exc)}
+    return Detected(type=entry_type, properties=properties)
 
 
 def _matching_suffix(name: str) -> str | None:

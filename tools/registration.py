@@ -23,7 +23,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -35,6 +35,12 @@ MIN_STD = 1e-6
 
 
 # --- the model ---------------------------------------------------------------------------
+
+
+def apply_affine(t: Any, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``t`` (an :class:`affine.Affine`) applied to coordinate arrays."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +204,7 @@ def phase_correlation(fixed: np.ndarray, moving: np.ndarray, fixed_valid: np.nda
     zf, zm = standardize(fixed, fixed_valid), standardize(moving, moving_valid)
     if zf is None or zm is None:
         return None
+    zf, zm = ndimage.gaussian_filter(zf, SMOOTHING), ndimage.gaussian_filter(zm, SMOOTHING)
     window = _hann(fixed.shape)
     ff, fm = np.fft.rfft2(zf * window), np.fft.rfft2(zm * window)
     cross = fm * np.conj(ff)
@@ -261,32 +268,41 @@ class Refined:
 
 MAX_ITERATIONS = 20
 TOLERANCE = 1e-4
+SMOOTHING = 1.0  # σ of the Gaussian both windows are smoothed with, in pixels
+EROSION = np.ones((7, 7), bool)  # pixels whose smoothing or gradient touched nodata
 
 
 def refine_shift(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: PatchSampler,
                  seed: tuple[float, float] = (0.0, 0.0), *, keep_samples: bool = False,
                  tolerance: float = TOLERANCE) -> Refined | None:
-    """Inverse-compositional Gauss–Newton on ``Σ (z(fixed)(x) - z(moving)(x + d))²`` over
-    pixels valid in both, starting at ``seed``; ``z`` standardises over those pixels (gain
-    and offset free). The gradient is the fixed window's, so each step costs one resampling.
-    None when there is too little valid overlap or texture in both directions."""
+    """Gauss–Newton on ``Σ (z(G*fixed)(x) - z(G*moving)(x + d))²`` over pixels valid in
+    both, starting at ``seed``. ``G`` is a small Gaussian (noise), ``z`` standardises over
+    the pixels used (gain and offset free), and the Jacobian is the mean of both images'
+    gradients (efficient second-order minimisation: few steps, no bias). The moving image
+    is re-sampled from its own pixels at every step. None when there is too little valid
+    overlap, or texture in only one direction."""
     h, w = fixed.shape
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
     d = np.array(seed, dtype=np.float64)
-    usable_fixed = ndimage.binary_erosion(fixed_valid, border_value=0)
-    gy, gx = np.gradient(fixed)
+    smooth_fixed = ndimage.gaussian_filter(fixed, SMOOTHING)
+    fixed_usable = ndimage.binary_erosion(fixed_valid, EROSION, border_value=0)
+    fy, fx = np.gradient(smooth_fixed)
     converged = False
     iterations = 0
-    for iterations in range(1, MAX_ITERATIONS + 1):
+    for iteration in range(1, MAX_ITERATIONS + 1):
+        iterations = iteration
         moving, moving_valid = sampler.sample(rows + d[0], cols + d[1])
-        usable = usable_fixed & moving_valid
+        usable = fixed_usable & ndimage.binary_erosion(moving_valid, EROSION, border_value=0)
         if int(usable.sum()) < MIN_VALID_PIXELS:
             return None
-        f, m = fixed[usable], moving[usable]
+        smooth_moving = ndimage.gaussian_filter(moving, SMOOTHING)
+        f, m = smooth_fixed[usable], smooth_moving[usable]
         f_std, m_std = float(f.std()), float(m.std())
-        if f_std < MIN_STD * max(1.0, abs(float(f.mean()))) or m_std < MIN_STD * max(1.0, abs(float(m.mean()))):
+        if min(f_std, m_std) < MIN_STD * max(1.0, abs(float(f.mean())), abs(float(m.mean()))):
             return None
-        jy, jx = gy[usable] / f_std, gx[usable] / f_std
+        my, mx = np.gradient(smooth_moving)
+        jy = (fy[usable] / f_std + my[usable] / m_std) / 2
+        jx = (fx[usable] / f_std + mx[usable] / m_std) / 2
         e = (m - m.mean()) / m_std - (f - f.mean()) / f_std
         hessian = np.array([[jy @ jy, jy @ jx], [jx @ jy, jx @ jx]])
         if np.linalg.cond(hessian) > 1e6:

@@ -19,7 +19,7 @@ import xarray as xr
 from affine import Affine
 
 from tools.raster_graph import RasterHeader, read_header
-from tools.registration import Similarity
+from tools.registration import Similarity, apply_affine
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class _Plan:
     height: int
     dtype: str
     source_count: int
+    source_width: int
+    source_height: int
     alpha_band: int | None  # 1-based, in the source
     add_alpha: bool
     nodata: float | None
@@ -51,7 +53,7 @@ def output_grid(source_transform: Affine, width: int, height: int, model: Simila
     """The north-up grid covering the corrected footprint, at the corrected pixel size."""
     cols = np.array([0, width, width, 0], dtype=np.float64)
     rows = np.array([0, 0, height, height], dtype=np.float64)
-    x, y = model.apply(*(np.asarray(v) for v in source_transform * (cols, rows)))
+    x, y = model.apply(*apply_affine(source_transform, cols, rows))
     pixel = math.sqrt(abs(source_transform.determinant)) * model.scale
     xmin, xmax, ymin, ymax = x.min(), x.max(), y.min(), y.max()
     out_w = max(1, math.ceil((xmax - xmin) / pixel - 1e-6))
@@ -79,7 +81,8 @@ def resample_similarity(src: str | Path, model: Similarity, *, shift_z: float | 
         nodata = float("nan")
     plan = _Plan(path=str(src), source_transform=transform, inverse=model.inverse(),
                  out_transform=out_transform, width=width, height=height, dtype=header.dtype,
-                 source_count=header.count, alpha_band=alpha_band, add_alpha=add_alpha,
+                 source_count=header.count, source_width=header.width,
+                 source_height=header.height, alpha_band=alpha_band, add_alpha=add_alpha,
                  nodata=nodata, shift_z=shift_z)
     count = header.count + (1 if add_alpha else 0)
     chunks = ((count,), _splits(height, chunk), _splits(width, chunk))
@@ -114,9 +117,9 @@ def _block(plan: _Plan, block_info: dict[Any, Any] | None = None) -> np.ndarray:
     h, w = r1 - r0, c1 - c0
     count = plan.source_count + (1 if plan.add_alpha else 0)
     rows, cols = np.mgrid[r0:r1, c0:c1].astype(np.float64) + 0.5
-    x, y = plan.out_transform * (cols, rows)
+    x, y = apply_affine(plan.out_transform, cols, rows)
     x, y = plan.inverse.apply(np.asarray(x), np.asarray(y))
-    sc, sr = ~plan.source_transform * (x, y)
+    sc, sr = apply_affine(~plan.source_transform, x, y)
     si, sj = np.asarray(sr) - 0.5, np.asarray(sc) - 0.5  # source array indices
     out = np.empty((count, h, w), dtype=plan.dtype)
     fill = 0 if plan.nodata is None else plan.nodata
@@ -128,10 +131,7 @@ def _block(plan: _Plan, block_info: dict[Any, Any] | None = None) -> np.ndarray:
 
 
 def _source_window(plan: _Plan, si: np.ndarray, sj: np.ndarray) -> tuple[int, int, int, int] | None:
-    import rasterio
-
-    with rasterio.open(plan.path) as ds:
-        height, width = ds.height, ds.width
+    height, width = plan.source_height, plan.source_width
     i0, j0 = max(0, math.floor(si.min()) - 3), max(0, math.floor(sj.min()) - 3)
     i1, j1 = min(height, math.ceil(si.max()) + 4), min(width, math.ceil(sj.max()) + 4)
     if i1 - i0 < 2 or j1 - j0 < 2:

@@ -4,11 +4,17 @@ A user path is dataset-relative, POSIX style. It may not be absolute, carry a dr
 or a backslash, contain NUL or other control characters, contain a ``..`` segment, point
 into the service's own ``.ddb`` folder, or be longer than the file system and the index
 allow; once resolved (symlinks followed) it must still lie inside the dataset.
+
+Tools that write into the dataset go one step further with :func:`open_folder_nofollow`: the
+target's folders are opened component by component without following any symlink, so a link
+already present in the dataset can never carry a write outside it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 from tools.contract import InvalidParams
@@ -24,32 +30,33 @@ class UnsafePath(InvalidParams):
     """A user path that could reach outside the dataset or into ``.ddb``."""
 
 
-def normalize_relpath(user_path: str, *, allow_root: bool = False) -> str:
+def normalize_relpath(user_path: str, *, allow_root: bool = False, what: str = "path") -> str:
     """Return ``user_path`` as a clean dataset-relative path, or raise :class:`UnsafePath`.
 
     ``""`` (or ``"."``, ``"/"``-free equivalents) means the dataset root and is only
-    accepted with ``allow_root``.
+    accepted with ``allow_root``. ``what`` names the path in messages (e.g.
+    ``"archive member"``).
     """
     if not isinstance(user_path, str):
-        raise UnsafePath("path must be a string")
+        raise UnsafePath(f"{what} must be a string")
     shown = user_path.encode("unicode_escape").decode("ascii")
     if _CONTROL.search(user_path):
-        raise UnsafePath(f"path '{shown}' contains a control character")
+        raise UnsafePath(f"{what} '{shown}' contains a control character")
     if "\\" in user_path:
-        raise UnsafePath(f"path '{shown}' contains a backslash")
+        raise UnsafePath(f"{what} '{shown}' contains a backslash")
     if user_path.startswith("/") or _DRIVE.match(user_path):
-        raise UnsafePath(f"path '{shown}' is absolute; paths are relative to the dataset")
+        raise UnsafePath(f"{what} '{shown}' is absolute; paths are relative to the dataset")
     parts = [p for p in user_path.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise UnsafePath(f"path '{shown}' contains '..'")
+        raise UnsafePath(f"{what} '{shown}' contains '..'")
     if parts and parts[0].lower() == SERVICE_FOLDER:
-        raise UnsafePath(f"path '{shown}' points into the service folder {SERVICE_FOLDER}")
+        raise UnsafePath(f"{what} '{shown}' points into the service folder {SERVICE_FOLDER}")
     if len(user_path) > MAX_PATH_CHARS:
-        raise UnsafePath(f"path is too long ({len(user_path)} characters; at most {MAX_PATH_CHARS})")
+        raise UnsafePath(f"{what} is too long ({len(user_path)} characters; at most {MAX_PATH_CHARS})")
     if any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
-        raise UnsafePath(f"path '{shown[:80]}...' has a name too long (at most {MAX_NAME_BYTES} bytes)")
+        raise UnsafePath(f"{what} '{shown[:80]}...' has a name too long (at most {MAX_NAME_BYTES} bytes)")
     if not parts and not allow_root:
-        raise UnsafePath("path is empty")
+        raise UnsafePath(f"{what} is empty")
     return "/".join(parts)
 
 
@@ -95,3 +102,69 @@ def output_file_name(requested: object, *, what: str, suffixes: tuple[str, ...])
 def relpath_of(root: Path, path: Path) -> str:
     """The dataset-relative POSIX path of ``path`` (a path under ``root``)."""
     return path.relative_to(root).as_posix()
+
+
+def open_folder_nofollow(root: Path, rel_dir: str, *, create: bool = False,
+                         created: list[str] | None = None) -> int | None:
+    """A file descriptor of the folder ``rel_dir`` (a normalised dataset-relative path, ``""``
+    = the root), reached one component at a time without following any symlink below ``root``.
+
+    Missing folders are made when ``create`` (their paths appended to ``created``), else the
+    result is None. Raises :class:`UnsafePath` when a component is a symlink or not a folder,
+    so a write through the descriptor cannot leave the dataset, whatever links exist in it.
+    The caller closes the descriptor.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    done: list[str] = []
+    try:
+        for part in [p for p in rel_dir.split("/") if p]:
+            done.append(part)
+            try:
+                child = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    os.close(fd)
+                    return None
+                os.mkdir(part, 0o777, dir_fd=fd)
+                if created is not None:
+                    created.append("/".join(done))
+                child = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            except OSError as exc:
+                raise _not_a_folder(fd, part, "/".join(done), exc) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lstat_in_dataset(root: Path, rel: str) -> os.stat_result | None:
+    """``lstat`` of a normalised dataset-relative path whose parents are checked like
+    :func:`open_folder_nofollow` (a symlink or file among them raises :class:`UnsafePath`);
+    None when it does not exist."""
+    parent, _, name = rel.rpartition("/")
+    fd = open_folder_nofollow(root, parent)
+    if fd is None:
+        return None
+    try:
+        return os.lstat(name, dir_fd=fd)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _not_a_folder(dir_fd: int, name: str, rel: str, exc: OSError) -> Exception:
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return exc
+    if stat.S_ISLNK(st.st_mode):
+        return UnsafePath(f"'{rel}' is a symbolic link; nothing is written through it")
+    if not stat.S_ISDIR(st.st_mode):
+        return UnsafePath(f"'{rel}' is a file, not a folder")
+    return exc

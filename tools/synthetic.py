@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from affine import Affine
 
-from tools.registration import Similarity
+from tools.registration import Similarity, apply_affine
 
 Kind = Literal["rgb", "elevation", "grey"]
 
@@ -93,7 +93,7 @@ def write_texture(path: str | Path, *, width: int, height: int, transform: Affin
     pixel = texture_pixel or math.sqrt(abs(transform.determinant))
     base_tex = Texture.random(seed=seed, pixel=pixel)
     detail_tex = Texture.random(seed=seed + 1000, pixel=pixel, shortest_px=8, longest_px=200)
-    grid = Affine(*(truth or Similarity()).coefficients()) * transform
+    grid = Affine(*(truth or Similarity()).coefficients()) @ transform
     dtype = "float32" if kind == "elevation" else "uint8"
     count = 3 if kind == "rgb" else 1
     nodata = float("nan") if kind == "elevation" else 0
@@ -111,7 +111,7 @@ def write_texture(path: str | Path, *, width: int, height: int, transform: Affin
                 detail = detail_tex.on_grid(grid, rows, cols)
             else:
                 cc, rr = np.meshgrid(cols + 0.5, rows + 0.5)
-                x, y = grid * (cc, rr)
+                x, y = apply_affine(grid, cc, rr)
                 x, y = map_of(np.asarray(x), np.asarray(y))
                 base, detail = base_tex.at(x, y), detail_tex.at(x, y)
             if noise:
@@ -137,7 +137,7 @@ def corner_error_px(estimated: Similarity, truth: Similarity, transform: Affine,
     corners: the residual misregistration that is left anywhere on the raster."""
     cols = np.array([0, width, width, 0], dtype=np.float64)
     rows = np.array([0, 0, height, height], dtype=np.float64)
-    x, y = (np.asarray(v) for v in transform * (cols, rows))
+    x, y = apply_affine(transform, cols, rows)
     ex, ey = estimated.apply(x, y)
     tx, ty = truth.apply(x, y)
     return float(np.max(np.hypot(ex - tx, ey - ty)) / math.sqrt(abs(transform.determinant)))

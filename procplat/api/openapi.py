@@ -44,6 +44,8 @@ OPERATIONS = [
     Op("delete", f"{DS}/files/{{path}}", "Delete a file or folder", "files", ok=(204,)),
     Op("get", f"{DS}/entries", "List indexed entries with their type and properties", "files",
        query=("path", "type", "recursive")),
+    Op("get", f"{DS}/entries/{{path}}", "One indexed entry with its properties and build state",
+       "files"),
     Op("get", f"{DS}/download", "Download a selection as a ZIP streamed while it is built",
        "files", query=("path",), errors=(400, 401, 404, 413)),
     Op("get", f"{TASKS}/tools", "List the tools with their parameter schemas", "tasks"),

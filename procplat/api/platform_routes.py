@@ -109,6 +109,16 @@ def list_entries(request: Request) -> Response:
     return json_response(entries)
 
 
+def get_entry(request: Request) -> Response:
+    datasets = _datasets(request)
+    ref = datasets.open(caller(request), *_slugs(request))
+    rel = user_path(request.path_params["path"])
+    found = datasets.entry(ref, rel)
+    if found is None:
+        raise NotFound(f"entry '{rel}' not found")
+    return json_response(found)
+
+
 def download_zip(request: Request) -> Response:
     datasets = _datasets(request)
     ref = datasets.open(caller(request), *_slugs(request))
@@ -142,5 +152,6 @@ ROUTES = [
     Route("/orgs/{org}/ds/{ds}/files/{path:path}", get_file, methods=["GET", "HEAD"]),
     Route("/orgs/{org}/ds/{ds}/files/{path:path}", delete_file, methods=["DELETE"]),
     Route("/orgs/{org}/ds/{ds}/entries", list_entries, methods=["GET"]),
+    Route("/orgs/{org}/ds/{ds}/entries/{path:path}", get_entry, methods=["GET"]),
     Route("/orgs/{org}/ds/{ds}/download", download_zip, methods=["GET"]),
 ]

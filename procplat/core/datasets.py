@@ -1,5 +1,6 @@
 """Orgs, datasets and their entries: visibility and access, uploads streamed to disk, the
-entry index kept in step with the files."""
+entry index kept in step with the files, and what tools report about entries (detected
+properties, builds) applied to it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +21,9 @@ from procplat.core.auth import Principal, require_user
 from procplat.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
-from procplat.index.models import Entry
-from tools.contract import InvalidParams
+from procplat.index.models import Entry, EntryBuild
+from tools.build import BUILDABLE_TYPES
+from tools.contract import BuildState, EntryUpdate, IndexedEntry, InvalidParams
 from tools.detect import ENTRY_TYPES, detect
 from tools.hashing import sha256_file
 from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
@@ -77,7 +79,7 @@ def user_path(path: str, *, allow_root: bool = False) -> str:
         raise BadRequest(str(exc)) from None
 
 
-def entry_json(entry: Entry) -> dict[str, Any]:
+def entry_json(entry: Entry, build: EntryBuild | None = None) -> dict[str, Any]:
     return {
         "path": entry.path,
         "type": entry.type,
@@ -85,7 +87,28 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "hash": entry.hash,
         "mtime": iso(entry.mtime),
         "properties": entry.properties or {},
+        "build": build_json(entry, build),
     }
+
+
+def build_json(entry: Entry, build: EntryBuild | None) -> dict[str, Any] | None:
+    """An entry's build state: None for types that have no build; ``missing`` (never built),
+    ``stale`` (built from another version), ``built``, ``pending`` or ``failed``."""
+    if entry.type not in BUILDABLE_TYPES:
+        return None
+    if build is None:
+        return {"state": "missing"}
+    state = build.state if build.hash == entry.hash else "stale"
+    found: dict[str, Any] = {"state": state, "hash": build.hash, "outputs": build.outputs or []}
+    if build.missing:
+        found["missing"] = build.missing
+    if build.error:
+        found["error"] = build.error
+    return found
+
+
+def _posix_seconds(moment: datetime) -> float:
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 class Datasets:
@@ -252,7 +275,7 @@ class Datasets:
                 s, ref.dataset_id, rel, type=found.type, size=stat.st_size, hash=sha256,
                 mtime=datetime.utcfromtimestamp(stat.st_mtime), properties=found.properties,
             )
-            return entry_json(entry), created
+            return entry_json(entry, q.build_of(s, ref.dataset_id, rel)), created
 
     def _index_parents(self, s: Any, ref: DatasetRef, rel: str) -> None:
         parts = rel.split("/")[:-1]
@@ -295,10 +318,69 @@ class Datasets:
         if entry_type is not None and entry_type not in ENTRY_TYPES:
             raise BadRequest(f"unknown entry type '{entry_type}' (known: {', '.join(ENTRY_TYPES)})")
         with self.db.read() as s:
-            return [entry_json(e) for e in q.list_entries(s, ref.dataset_id, rel, entry_type, recursive)]
+            builds = q.builds_under(s, ref.dataset_id, rel)
+            return [
+                entry_json(e, builds.get(e.path))
+                for e in q.list_entries(s, ref.dataset_id, rel, entry_type, recursive)
+            ]
 
     def entry(self, ref: DatasetRef, rel: str) -> dict[str, Any] | None:
         with self.db.read() as s:
             found = q.entry_by_path(s, ref.dataset_id, rel)
-            return entry_json(found) if found is not None else None
+            if found is None:
+                return None
+            return entry_json(found, q.build_of(s, ref.dataset_id, rel))
+
+    # what tools see of the index and report back ---------------------------------------------
+    def snapshot(self, ref: DatasetRef) -> tuple[IndexedEntry, ...]:
+        """Every entry of the dataset with its build, for a tool that reads the index."""
+        with self.db.read() as s:
+            builds = q.builds_under(s, ref.dataset_id, None)
+            return tuple(
+                IndexedEntry(
+                    path=e.path, type=e.type, size=e.size, hash=e.hash,
+                    mtime=_posix_seconds(e.mtime), properties=dict(e.properties or {}),
+                    build=_build_state(builds.get(e.path)),
+                )
+                for e in q.list_entries(s, ref.dataset_id, None, None, True)
+            )
+
+    def apply_updates(self, ref: DatasetRef, updates: Iterable[EntryUpdate]) -> int:
+        """Write what a tool found about existing entries, in one transaction. An update is
+        skipped when its entry is gone or its hash changed since the run started (a newer
+        upload wins). Returns how many were applied."""
+        applied = 0
+        with self.db.write() as s:
+            for update in updates:
+                entry = q.entry_by_path(s, ref.dataset_id, update.path)
+                if entry is None or entry.hash != update.expected_hash:
+                    continue
+                _apply_update(s, ref, entry, update)
+                applied += 1
+        return applied
+
+
+def _build_state(build: EntryBuild | None) -> BuildState | None:
+    if build is None:
+        return None
+    return BuildState(state=build.state, hash=build.hash, missing=build.missing,
+                      error=build.error, outputs=tuple(build.outputs or ()))
+
+
+def _apply_update(s: Any, ref: DatasetRef, entry: Entry, update: EntryUpdate) -> None:
+    if update.type is not None:
+        entry.type = update.type
+    if update.properties is not None:
+        entry.properties = update.properties
+    if update.size is not None:
+        entry.size = update.size
+    if update.hash is not None:
+        entry.hash = update.hash
+    if update.mtime is not None:
+        entry.mtime = datetime.fromtimestamp(update.mtime, UTC).replace(tzinfo=None)
+    if update.build is not None:
+        b = update.build
+        q.upsert_build(s, ref.dataset_id, entry.path, hash=b.hash, state=b.state,
+                       missing=b.missing, error=b.error, outputs=list(b.outputs),
+                       updated_at=utcnow())
 

@@ -14,12 +14,25 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from procplat.errors import BadRequest
-from tools import bulk_download, raster_export
+from tools import (
+    align_raster,
+    archive_extract,
+    build,
+    bulk_download,
+    merge_multispectral,
+    raster_export,
+    rescan_index,
+)
 from tools.contract import InvalidParams, Plan, ToolSpec
 
 BUILTIN_TOOLS: list[ModuleType] = [
+    align_raster,
     bulk_download,
     raster_export,
+    merge_multispectral,
+    build,
+    rescan_index,
+    archive_extract,
 ]
 
 
@@ -49,8 +62,11 @@ class RegisteredTool:
                 {"path": "/".join(str(p) for p in e.absolute_path), "message": e.message}
                 for e in errors
             ]
+            best = best_match(errors)
+            where = "/".join(str(p) for p in best.absolute_path)
             raise BadRequest(
-                f"invalid parameters for {self.spec.id}: {best_match(errors).message}",
+                f"invalid parameters for {self.spec.id}: {where + ': ' if where else ''}"
+                f"{best.message}",
                 details=details,
             )
         try:

@@ -6,10 +6,12 @@ sweeper that expires artifacts and old tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,20 @@ from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
+from tools.safepath import SERVICE_FOLDER
+from tools.staging import STAGING_NAME
 
 log = logging.getLogger("procplat.supervisor")
+
+WORK_FOLDER_NAME = re.compile(r"^(?P<task>[0-9a-f-]{36})-\d+$")  # <task id>-<attempt>
+
+
+def _task_of(folder: Path) -> str | None:
+    """The task a work or staging folder belongs to (None: not one of ours)."""
+    for pattern in (WORK_FOLDER_NAME, STAGING_NAME):
+        if (match := pattern.match(folder.name)) is not None:
+            return match.group("task")
+    return None
 START_FLUSH_DELAY = 0.05
 TRAILING_EVENTS_WAIT = 2.0
 CANCEL_GRACE_SECONDS = 10.0
@@ -106,7 +120,12 @@ class Supervisor:
             annotations={"procplat_task": task.id, "procplat_tool": task.tool_id},
             limits={"max_archive_extract_bytes": st.max_archive_extract_size_bytes,
                     "raster_tile_size": st.default_raster_tile_size},
+            entries=self.datasets.snapshot(ref) if tool.spec.reads_index else (),
         )
+
+    def _job_in_session(self, task: Task, ref: Any) -> Job:
+        with self.db.read() as s:
+            return self._job(s, task, 1, ref)
 
     def _enqueue(self, job: Job) -> None:
         self._attempts[job.task_id] = job.attempt
@@ -115,7 +134,10 @@ class Supervisor:
 
     async def start_task(self, task: Task, ref: Any = None) -> None:
         """Hand a freshly created task to the cluster."""
-        if ref is not None and ref.dataset_id == task.dataset_id:
+        if self.registry.get(task.tool_id, task.version).spec.reads_index:
+            # the job carries the dataset's entries: read them off the event loop
+            job = await anyio.to_thread.run_sync(self._job_in_session, task, ref)
+        elif ref is not None and ref.dataset_id == task.dataset_id:
             job = self._job(None, task, 1, ref)  # no index read on the event loop
         else:
             with self.db.read() as s:
@@ -268,7 +290,8 @@ class Supervisor:
         deadline = time.monotonic() + TRAILING_EVENTS_WAIT
         while self._received.get(task_id, 0) < outcome.log_lines_sent and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if outcome.lost or outcome.entries_added or outcome.entries_removed:
+        if outcome.lost or outcome.entries_added or outcome.entries_removed \
+                or outcome.entries_updated:
             await self.flush(only=task_id)
             self._attempts.pop(task_id, None)
             self._received.pop(task_id, None)
@@ -287,16 +310,23 @@ class Supervisor:
         await self.engine.forget_cancel_event(task_id)
 
     def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> None:
-        if outcome.entries_added or outcome.entries_removed:
+        if outcome.entries_added or outcome.entries_removed or outcome.entries_updated:
             with self.db.read() as s:
                 task = q.get_task(s, outcome.task_id)
                 ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
-            if task is None or not task.active or ref is None:
+            if task is None or ref is None:
                 self._discard_artifact(outcome)
                 return
             if outcome.succeeded:
+                # The run changed the dataset: index it even if the task was cancelled after
+                # the tool committed, so the dataset and the index agree.
                 self.datasets.unindex_paths(ref, outcome.entries_removed)
-                self.datasets.index_paths(ref, outcome.entries_added)
+                unindexed = self._index_added(ref, outcome.entries_added)
+                self.datasets.apply_updates(ref, outcome.entries_updated)
+                if unindexed:
+                    outcome = replace(outcome, succeeded=False, error=(
+                        f"{len(unindexed)} new entries could not be indexed: "
+                        + ", ".join(unindexed[:5])))
         with self.db.write() as s:
             task = q.get_task(s, outcome.task_id, for_update=True)
             if task is not None and pending is not None and not pending.empty():
@@ -320,6 +350,37 @@ class Supervisor:
                 self._finish_row(s, task, "Deleted", error="cancelled")
             else:
                 self._finish_row(s, task, "Failed", error=outcome.error or "failed")
+
+    def _index_added(self, ref: Any, rel_paths: list[str]) -> list[str]:
+        """Index the files a run added, check each one is in the index (a second try for
+        any that is not) and return those that still are not."""
+        try:
+            self.datasets.index_paths(ref, rel_paths)
+        except Exception:
+            log.exception("indexing %d added entries failed; retrying one by one", len(rel_paths))
+        indexed = {e["path"] for e in self.datasets.entries(ref, None, None, True)}
+        missing = [rel for rel in self._files_of(ref, rel_paths) if rel not in indexed]
+        unindexed: list[str] = []
+        for rel in missing:
+            try:
+                self.datasets.index_paths(ref, [rel])
+            except Exception:
+                log.exception("indexing added entry %s failed", rel)
+            if self.datasets.entry(ref, rel) is None:
+                unindexed.append(rel)
+        return unindexed
+
+    @staticmethod
+    def _files_of(ref: Any, rel_paths: list[str]) -> list[str]:
+        found: list[str] = []
+        for rel in rel_paths:
+            path = ref.root / rel
+            if path.is_dir():
+                found += [p.relative_to(ref.root).as_posix() for p in sorted(path.rglob("*"))
+                          if p.is_file()]
+            elif path.is_file():
+                found.append(rel)
+        return found
 
     @staticmethod
     def _finish_row(s: Any, task: Task, state: str, *, error: str | None = None) -> None:
@@ -376,10 +437,12 @@ class Supervisor:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
     def sweep(self) -> dict[str, int]:
-        """Delete expired artifacts, tasks past retention and orphaned work folders."""
+        """Delete expired artifacts, tasks past retention, and work and staging folders of
+        tasks that are no longer active."""
         now = utcnow()
         work_dir = self.settings.work_dir
         work_folders = list(work_dir.iterdir()) if work_dir.is_dir() else []
+        staging_folders = self._staging_folders()
         with self.db.write() as s:
             expired = list(q.expired_artifacts(s, now))
             for artifact in expired:
@@ -393,8 +456,17 @@ class Supervisor:
         for path in [a.storage_path for a in expired] + old_paths:
             shutil.rmtree(Path(path).parent, ignore_errors=True)
         orphans = 0
-        for folder in work_folders:  # listed before the active set was read: no race
-            if folder.name.rsplit("-", 1)[0] not in active:
+        for folder in work_folders + staging_folders:  # listed before reading the active set
+            task_id = _task_of(folder)
+            if task_id is not None and task_id not in active:
                 shutil.rmtree(folder, ignore_errors=True)
                 orphans += 1
         return {"expired": len(expired), "deleted": len(old), "orphans": orphans}
+
+    def _staging_folders(self) -> list[Path]:
+        """Tools' staging folders in every dataset (``.ddb/tmp/<tool>-<task id>``)."""
+        found: list[Path] = []
+        for tmp in self.settings.datasets_dir.glob(f"*/*/{SERVICE_FOLDER}/tmp"):
+            with contextlib.suppress(OSError):
+                found += [p for p in tmp.iterdir() if STAGING_NAME.match(p.name)]
+        return found

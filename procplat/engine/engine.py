@@ -17,9 +17,16 @@ import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from distributed import Client, Event, Future, LocalCluster, fire_and_forget
+from distributed import Client, Event, Future, LocalCluster, fire_and_forget, span
 
-from procplat.engine.job import EVENT_TOPIC, ArtifactInfo, Job, Outcome, cancel_event_name
+from procplat.engine.job import (
+    EVENT_TOPIC,
+    ArtifactInfo,
+    Job,
+    Outcome,
+    cancel_event_name,
+    task_span,
+)
 from procplat.engine.worker import TaskCancelled, TaskFailed, run_job
 
 log = logging.getLogger("procplat.engine")
@@ -106,7 +113,10 @@ class Engine:
     # submitting and re-attaching --------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
         assert self.client is not None, "engine not started"
-        future = self.client.submit(run_job, job, key=job.task_id, pure=False)
+        # A span per task: the dashboard groups the task and every chunk its tool fans out
+        # (sub-tasks inherit it) under ("procplat", tool, task id).
+        with span(*task_span(job)):
+            future = self.client.submit(run_job, job, key=job.task_id, pure=False)
         if self._address:
             # On a shared scheduler the work outlives a restart of the service, which then
             # re-attaches to it (see Supervisor.recover).
@@ -186,6 +196,7 @@ class Engine:
             summary=value.get("summary"),
             entries_added=value.get("entriesAdded", []),
             entries_removed=value.get("entriesRemoved", []),
+            entries_updated=value.get("entriesUpdated", []),
             log_lines_sent=value.get("logLinesSent", 0),
         )
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.contract import EntryUpdate, IndexedEntry
+
 EVENT_TOPIC = "procplat-task"
 
 
 def cancel_event_name(task_id: str) -> str:
     return f"procplat-cancel-{task_id}"
+
+
+def task_span(job: Job) -> tuple[str, str, str]:
+    """The Dask span a task's work is grouped under on the dashboard."""
+    return ("procplat", job.tool_id, job.task_id)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +33,7 @@ class Job:
     artifacts_root: str
     annotations: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)  # tools.contract.ToolLimits fields
+    entries: tuple[IndexedEntry, ...] = ()  # the index's entries, for tools that read it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,5 +57,6 @@ class Outcome:
     summary: dict[str, Any] | None = None
     entries_added: list[str] = field(default_factory=list)
     entries_removed: list[str] = field(default_factory=list)
+    entries_updated: list[EntryUpdate] = field(default_factory=list)
     log_lines_sent: int = 0
     lost: bool = False  # the scheduler lost the work (e.g. it restarted)

@@ -121,11 +121,13 @@ def run_job(job: Job) -> dict[str, Any]:
         reporter=reporter,
         cancel_event=cancel_event_name(job.task_id),
         limits=ToolLimits(**job.limits),
+        entries=tuple(job.entries),
     )
     try:
         reporter.check_cancelled()
         result: ToolResult = module.run(dict(job.params), ctx)
-        reporter.check_cancelled()
+        if not (result.entries_added or result.entries_removed or result.entries_updated):
+            reporter.check_cancelled()  # a run that changed the dataset has committed
         artifact = _store_artifact(job, result.artifact, reporter) if result.artifact else None
         reporter.progress(1.0)
         return {
@@ -133,6 +135,7 @@ def run_job(job: Job) -> dict[str, Any]:
             "summary": result.summary,
             "entriesAdded": list(result.entries_added),
             "entriesRemoved": list(result.entries_removed),
+            "entriesUpdated": list(result.entries_updated),
             "logLinesSent": reporter.lines_sent,
         }
     except Cancelled:

@@ -1,5 +1,5 @@
-"""SQLAlchemy tables of the index: users, tokens, orgs, members, datasets, entries, tasks,
-task log lines and artifacts."""
+"""SQLAlchemy tables of the index: users, tokens, orgs, members, datasets, entries, entry
+builds, tasks, task log lines and artifacts."""
 
 from __future__ import annotations
 
@@ -76,6 +76,23 @@ class Entry(Base):
     hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     mtime: Mapped[datetime] = mapped_column(DateTime)
     properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EntryBuild(Base):
+    """The derivatives built for an entry under ``.ddb/build/<hash>/``. A table of its own,
+    so ``create_all`` adds it to an existing index; stale when ``hash`` is not the entry's."""
+
+    __tablename__ = "entry_builds"
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # built | pending | failed
+    missing: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outputs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Task(Base):

@@ -14,6 +14,7 @@ from procplat.index.models import (
     Artifact,
     Dataset,
     Entry,
+    EntryBuild,
     Member,
     Org,
     Task,
@@ -121,7 +122,13 @@ def list_entries(
 
 
 def delete_entries(s: Session, dataset_id: int, path: str) -> int:
-    """Delete an entry and, if it is a folder, everything below it."""
+    """Delete an entry and, if it is a folder, everything below it (builds included)."""
+    s.execute(
+        delete(EntryBuild).where(
+            EntryBuild.dataset_id == dataset_id,
+            or_(EntryBuild.path == path, EntryBuild.path.startswith(path + "/", autoescape=True)),
+        )
+    )
     result = s.execute(
         delete(Entry).where(
             Entry.dataset_id == dataset_id,
@@ -131,11 +138,34 @@ def delete_entries(s: Session, dataset_id: int, path: str) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def build_of(s: Session, dataset_id: int, path: str) -> EntryBuild | None:
+    return s.get(EntryBuild, (dataset_id, path))
+
+
+def builds_under(s: Session, dataset_id: int, folder: str | None) -> dict[str, EntryBuild]:
+    """The builds of the entries under ``folder`` (the whole dataset when empty), by path."""
+    query = select(EntryBuild).where(EntryBuild.dataset_id == dataset_id)
+    if folder:
+        query = query.where(EntryBuild.path.startswith(folder + "/", autoescape=True))
+    return {b.path: b for b in s.scalars(query)}
+
+
+def upsert_build(s: Session, dataset_id: int, path: str, **values: Any) -> EntryBuild:
+    build = build_of(s, dataset_id, path)
+    if build is None:
+        build = EntryBuild(dataset_id=dataset_id, path=path)
+        s.add(build)
+    for key, value in values.items():
+        setattr(build, key, value)
+    return build
+
+
 # tasks ----------------------------------------------------------------------------------------
 def find_dedup_match(
     s: Session, dataset_id: int, request_hash: str, since: datetime, now: datetime
 ) -> Task | None:
-    """An active task with this hash, or a Succeeded one since ``since`` whose artifact lives.
+    """An active task with this hash, or a Succeeded one since ``since`` whose artifact lives
+    (tools without an artifact are only matched while active).
 
     One query: active tasks first (newest created), then Succeeded ones (newest finished).
     """
@@ -156,10 +186,11 @@ _DEDUP_MATCH = (
             and_(
                 Task.state == "Succeeded",
                 Task.finished_at >= bindparam("since"),
-                or_(
-                    Artifact.task_id.is_(None),
-                    and_(~Artifact.expired, Artifact.expires_at > bindparam("now")),
-                ),
+                # a run without an artifact (a tool that writes into the dataset) is not
+                # answered again: running it again is what the user wants
+                Artifact.task_id.is_not(None),
+                ~Artifact.expired,
+                Artifact.expires_at > bindparam("now"),
             ),
         ),
     )
