@@ -799,9 +799,10 @@ def _descriptions(header: RasterHeader) -> list[str] | None:
 
 def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
           mode: str = "similarity", reporter: Reporter | None = None,
-          stop: StopSignal | None = None) -> AlignResult:
+          stop: StopSignal | None = None, output_label: str | None = None) -> AlignResult:
     """Estimate the correction of ``source`` against ``reference`` and, when ``dst`` is given,
-    write the corrected source there as a COG. Runs on the current Dask cluster."""
+    write the corrected source there as a COG. Runs on the current Dask cluster. The result
+    is logged as one JSON line (``output``: ``output_label``, else the file name)."""
     if mode not in MODES:
         raise InvalidParams(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     reporter = reporter or PrintReporter()
@@ -829,7 +830,7 @@ def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
         inlierCount=est.inliers, inlierRatio=round(est.inliers / max(1, est.windows), 4),
         rmse=round(est.rmse_px, 4), confidence=confidence, mode=mode,
         warning=_warnings(est, checked.warning, confidence), centre=(model.cx, model.cy),
-        pixelSize=pixel, output=None if dst is None else Path(dst).name,
+        pixelSize=pixel, output=output_label or (None if dst is None else Path(dst).name),
     )
     if dst is not None:
         stop.check()
@@ -848,10 +849,8 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     with staging(root, SPEC.id, ctx.task_id) as folder:
         staged = folder / Path(rel).name
         result = align(source, reference, staged, mode=params.get("mode") or "similarity",
-                       reporter=ctx.reporter, stop=stop)
+                       reporter=ctx.reporter, stop=stop, output_label=rel)
         ctx.reporter.check_cancelled()
         stop.check()
         move_into_dataset(staged, root, rel)
-    summary = result.to_json()
-    summary["output"] = rel
-    return ToolResult(entries_added=[rel], summary=summary)
+    return ToolResult(entries_added=[rel], summary=result.to_json())
