@@ -48,6 +48,13 @@ class Settings:
     sweep_interval_seconds: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        tile = self.default_raster_tile_size
+        if tile < 16 or tile > 4096 or tile & (tile - 1):
+            raise ValueError(
+                f"setting default_raster_tile_size: {tile} is not a power of two from 16 to 4096"
+            )
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:

@@ -158,3 +158,26 @@ def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
         assert np.array_equal(served.read(window=((0, 2048), (0, 2048))),
                               local.read(window=((0, 2048), (0, 2048))))
     assert not any(p.name.startswith(task_id) for p in world.server.settings.work_dir.iterdir())
+
+
+def test_cogs_use_the_operators_tile_size(make_server, small_raster: Path, tmp_path: Path) -> None:
+    from tests.conftest import new_world
+
+    live = make_server(default_raster_tile_size=256)
+    w = new_world(live)
+    w.upload("t.tif", small_raster.read_bytes())
+    task_id = w.submit("raster-export", {"formula": "NDVI", "bandFilter": "RGBN"},
+                       path="t.tif").json()["taskId"]
+    status = w.wait(task_id)
+    assert status["state"] == "Succeeded", status
+    out = tmp_path / "t.tif"
+    out.write_bytes(w.user.get(status["artifact"]["resultUrl"]).content)
+    with rasterio.open(out) as cog:
+        assert cog.block_shapes[0] == (256, 256)
+
+
+def test_a_tile_size_that_is_not_a_power_of_two_is_refused() -> None:
+    from procplat.settings import Settings
+
+    with pytest.raises(ValueError, match="power of two"):
+        Settings(default_raster_tile_size=500)

@@ -773,11 +773,11 @@ def translated(src: Path, model: reg.Similarity, shift_z: float | None) -> xr.Da
 
 
 def write_output(src: Path, dst: Path, model: reg.Similarity, shift_z: float | None, *,
-                 reporter: Reporter, stop: StopSignal) -> None:
+                 reporter: Reporter, stop: StopSignal, blocksize: int = 512) -> None:
     header = read_header(src)
     if model.is_translation:
         da = translated(src, model, shift_z)
-        write_cog(da, dst, reporter=reporter, stop=stop, nodata=da.rio.nodata,
+        write_cog(da, dst, reporter=reporter, stop=stop, nodata=da.rio.nodata, blocksize=blocksize,
                   alpha=header.alpha_band == header.count and header.count > 1,
                   band_descriptions=_descriptions(header))
         return
@@ -785,6 +785,7 @@ def write_output(src: Path, dst: Path, model: reg.Similarity, shift_z: float | N
 
     resampled = resample_similarity(src, model, shift_z=shift_z, chunk=OUTPUT_CHUNK)
     write_cog(resampled.data, dst, reporter=reporter, stop=stop, nodata=resampled.nodata,
+              blocksize=blocksize,
               alpha=resampled.alpha, band_descriptions=resampled.descriptions)
 
 
@@ -799,7 +800,8 @@ def _descriptions(header: RasterHeader) -> list[str] | None:
 
 def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
           mode: str = "similarity", reporter: Reporter | None = None,
-          stop: StopSignal | None = None, output_label: str | None = None) -> AlignResult:
+          stop: StopSignal | None = None, output_label: str | None = None,
+          blocksize: int = 512) -> AlignResult:
     """Estimate the correction of ``source`` against ``reference`` and, when ``dst`` is given,
     write the corrected source there as a COG. Runs on the current Dask cluster. The result
     is logged as one JSON line (``output``: ``output_label``, else the file name)."""
@@ -835,7 +837,8 @@ def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
     if dst is not None:
         stop.check()
         reporter.check_cancelled()
-        write_output(Path(source), Path(dst), model, shift_z, reporter=reporter, stop=stop)
+        write_output(Path(source), Path(dst), model, shift_z, reporter=reporter, stop=stop,
+                     blocksize=blocksize)
     reporter.log(json.dumps(result.to_json()))
     return result
 
@@ -849,7 +852,8 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     with staging(root, SPEC.id, ctx.task_id) as folder:
         staged = folder / Path(rel).name
         result = align(source, reference, staged, mode=params.get("mode") or "similarity",
-                       reporter=ctx.reporter, stop=stop, output_label=rel)
+                       reporter=ctx.reporter, stop=stop, output_label=rel,
+                       blocksize=ctx.limits.raster_tile_size)
         ctx.reporter.check_cancelled()
         stop.check()
         move_into_dataset(staged, root, rel)

@@ -122,7 +122,8 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
         reporter.check_cancelled()
         scaled = _ScaledReporter(reporter, start=i / len(todo), span=1 / len(todo))
         state = build_entry(entry, ctx.dataset_root, reporter=scaled, task_id=ctx.task_id,
-                            cancel_event=ctx.cancel_event, force=force)
+                            cancel_event=ctx.cancel_event, force=force,
+                            blocksize=ctx.limits.raster_tile_size)
         counts[state.state] += 1
         updates.append(EntryUpdate(path=entry.path, expected_hash=entry.hash, build=state))
         reporter.progress((i + 1) / len(todo), "building")
@@ -142,7 +143,7 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
 
 def build_entry(
     entry: IndexedEntry, dataset_root: Path, *, reporter: Reporter, task_id: str = "local",
-    cancel_event: str | None = None, force: bool = False,
+    cancel_event: str | None = None, force: bool = False, blocksize: int = 512,
 ) -> BuildState:
     """Build one entry; a missing program gives ``pending``, an unreadable file ``failed``.
     Raises :class:`Cancelled` (leaving no temporary file) when the run is cancelled."""
@@ -166,7 +167,7 @@ def build_entry(
     staged = staging / recipe.output
     try:
         if entry.type == "georaster":
-            _build_cog(src, staged, reporter, cancel_event)
+            _build_cog(src, staged, reporter, cancel_event, blocksize)
         elif entry.type == "pointcloud":
             _build_with(["pdal", "translate", "-w", "writers.copc", str(src)], staged, reporter)
         else:
@@ -185,7 +186,8 @@ def build_entry(
     return BuildState(state="built", hash=entry.hash, outputs=(output,))
 
 
-def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | None) -> None:
+def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | None,
+               blocksize: int) -> None:
     from tools.cog import write_cog
     from tools.fanout import StopSignal
     from tools.raster_graph import open_raster
@@ -194,7 +196,7 @@ def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | Non
     header = da.attrs["raster_header"]
     names = header.descriptions if any(header.descriptions) else None
     write_cog(
-        da, dst, reporter=reporter, stop=StopSignal(cancel_event),
+        da, dst, reporter=reporter, stop=StopSignal(cancel_event), blocksize=blocksize,
         alpha=header.alpha_band is not None and header.alpha_band == header.count,
         band_descriptions=[n or "" for n in names] if names else None,
     )

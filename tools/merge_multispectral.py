@@ -220,6 +220,7 @@ def merge(
     *,
     labels: Sequence[str] | None = None,
     chunk_px: int = DEFAULT_CHUNK_PX,
+    blocksize: int = 512,
 ) -> CogInfo:
     """Check ``paths`` (single-band rasters, in band order) and write them to ``dst`` as one
     multi-band COG, band descriptions = file stems. Runs on the current Dask cluster.
@@ -235,7 +236,7 @@ def merge(
     )
     return write_cog(
         stack(inputs), dst, reporter=reporter, stop=stop, nodata=inputs.nodata,
-        band_descriptions=inputs.band_names, overview_resampling="average",
+        band_descriptions=inputs.band_names, overview_resampling="average", blocksize=blocksize,
     )
 
 
@@ -293,7 +294,7 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     # dataset, and the next attempt starts by removing them.
     with staging(ctx.dataset_root, SPEC.id, ctx.task_id) as folder:
         info = merge(paths.inputs, folder / paths.output.name, ctx.reporter, stop,
-                     labels=paths.labels)
+                     labels=paths.labels, blocksize=ctx.limits.raster_tile_size)
         ctx.reporter.check_cancelled()
         stop.check()
         move_into_dataset(info.path, ctx.dataset_root, paths.output_rel)

@@ -106,6 +106,7 @@ def export(
     reporter: Reporter | None = None,
     stop: StopSignal | None = None,
     chunk_px: int = DEFAULT_CHUNK_PX,
+    blocksize: int = 512,
     **params: Any,
 ) -> CogInfo:
     """Render ``src_path`` per ``params`` (formula, bands, preset, bandFilter, colormap,
@@ -124,7 +125,7 @@ def export(
     rendered = render(plan, chunk_px=chunk_px, compute=statistics)
     return write_cog(
         rendered, dst_path, reporter=reporter, stop=stop, alpha=plan.output_alpha,
-        overview_resampling="average",
+        overview_resampling="average", blocksize=blocksize,
     )
 
 
@@ -143,7 +144,7 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     src = resolve_in_dataset(ctx.dataset_root, params["path"])
     dst = ctx.work_dir / output_name(params)
     info = export(src, dst, reporter=ctx.reporter, stop=StopSignal(ctx.cancel_event),
-                  **_render_params(params))
+                  blocksize=ctx.limits.raster_tile_size, **_render_params(params))
     return ToolResult(
         artifact=dst,
         summary={"width": info.width, "height": info.height, "bands": info.count,
