@@ -718,8 +718,9 @@ def _raise_if_unsuccessful(status: TaskStatus) -> None:
 
 
 class _ProgressView:
-    """What :meth:`Task.wait` shows: on a terminal a tqdm bar (tool, state, phase, percent)
-    with the log lines printed above it; elsewhere (a pipe, a CI log) plain lines, one per
+    """What :meth:`Task.wait` shows: on a terminal or in a notebook a tqdm bar (tool, state,
+    phase, percent) with the log lines printed above it; elsewhere (a pipe, a CI log) plain
+    lines, one per
     log line and one each time the state, phase or percent changes."""
 
     def __init__(self, file: IO[str], task_id: str) -> None:
@@ -760,10 +761,13 @@ class _ProgressView:
 
 
 def _isatty(file: IO[str]) -> bool:
+    """A terminal, or a Jupyter kernel's output (it redraws a text bar in place too)."""
     try:
-        return bool(file.isatty())
+        if file.isatty():
+            return True
     except (AttributeError, ValueError):
         return False
+    return "ipykernel" in sys.modules and type(file).__module__.startswith("ipykernel")
 
 
 class _Download:
