@@ -232,7 +232,7 @@ def submit_big(world: World, big_bands: list[Path]) -> str:
         phases.add(status["progress"]["phase"])
         if status["progress"]["phase"] == "rendering" and status["progress"]["percent"] > 0:
             break
-        assert status["state"] in ("Created", "Queued", "Processing"), status
+        assert status["state"] in ("Created", "Enqueued", "Scheduled", "Processing"), status
         time.sleep(0.05)
     assert "rendering" in phases, phases
     return str(task_id)

@@ -268,6 +268,8 @@ class Refined:
 
 MAX_ITERATIONS = 20
 TOLERANCE = 1e-4
+GIVE_UP_AFTER = 4  # steps; then a window whose correlation stays below GIVE_UP_CORRELATION
+GIVE_UP_CORRELATION = 0.2
 SMOOTHING = 1.0  # σ of the Gaussian both windows are smoothed with, in pixels
 EROSION = np.ones((7, 7), bool)  # pixels whose smoothing or gradient touched nodata
 
@@ -292,7 +294,8 @@ def refine_shift(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: PatchSampl
     for iteration in range(1, MAX_ITERATIONS + 1):
         iterations = iteration
         moving, moving_valid = sampler.sample(rows + d[0], cols + d[1])
-        usable = fixed_usable & ndimage.binary_erosion(moving_valid, EROSION, border_value=0)
+        usable = fixed_usable if moving_valid.all() else (
+            fixed_usable & ndimage.binary_erosion(moving_valid, EROSION, border_value=1))
         if int(usable.sum()) < MIN_VALID_PIXELS:
             return None
         smooth_moving = ndimage.gaussian_filter(moving, SMOOTHING)
@@ -307,6 +310,8 @@ def refine_shift(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: PatchSampl
         hessian = np.array([[jy @ jy, jy @ jx], [jx @ jy, jx @ jx]])
         if np.linalg.cond(hessian) > 1e6:
             return None  # texture in one direction only: the shift along it is unknown
+        if iteration > GIVE_UP_AFTER and 1.0 - float(e @ e) / (2 * e.size) < GIVE_UP_CORRELATION:
+            return None  # still unrelated after several steps: not the same scene here
         step = np.linalg.solve(hessian, np.array([jy @ e, jx @ e]))
         d -= step
         if not np.all(np.isfinite(d)) or np.abs(d).max() > max(h, w) / 2:
