@@ -73,6 +73,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # measure.py, bench_service.py
+
+from measure import SAMPLE, QuietReporter, TreeMemory  # noqa: E402
 
 RUNS = ["a1", "a2", "b", "b2", "c", "d"]
 LABELS = {
@@ -89,7 +92,6 @@ GEN_BLOCK = 2048  # generation window
 LEVEL = 6  # DEFLATE level (GDAL's default, write_cog's default)
 WARMUP_SIZE = 1024
 POLL = 0.1
-SAMPLE = 0.05
 GDAL_CACHEMAX = "256"
 SOURCE_VERSION = "v1"  # bump when make_source changes: the cache key
 
@@ -191,101 +193,6 @@ def ensure_source(cache: Path, size: int) -> tuple[Path, float | None]:
     seconds = time.perf_counter() - started
     print(f"  {path.stat().st_size / 1e6:.0f} MB in {seconds:.1f} s", flush=True)
     return path, seconds
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-class TreeMemory:
-    """Peak summed RSS of a process tree (and of chosen pids), sampled every 50 ms."""
-
-    def __init__(self, root_pid: int | None = None) -> None:
-        import psutil
-
-        self.root = psutil.Process(root_pid)
-        self.watched: list[int] = []  # e.g. the worker processes
-        self.peak = 0
-        self.watched_peak = 0
-        self.per_pid_peak: dict[int, int] = {}
-        self.timeline: list[tuple[float, int]] = []  # (monotonic time, watched RSS)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="tree-memory")
-
-    def processes(self) -> list[Any]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except Exception:
-            return [self.root]
-
-    def sample(self) -> tuple[int, int]:
-        total = watched = 0
-        for p in self.processes():
-            try:
-                rss = p.memory_info().rss
-            except Exception:  # a process that just ended
-                continue
-            total += rss
-            if p.pid in self.watched:
-                watched += rss
-                self.per_pid_peak[p.pid] = max(self.per_pid_peak.get(p.pid, 0), rss)
-        return total, watched
-
-    def cpu(self) -> float:
-        """CPU seconds (user + system) used so far by the live processes of the tree."""
-        total = 0.0
-        for p in self.processes():
-            with contextlib.suppress(Exception):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            self._update()
-            time.sleep(SAMPLE)
-
-    def _update(self) -> None:
-        total, watched = self.sample()
-        if self.watched:
-            self.timeline.append((time.monotonic(), watched))
-        self.peak = max(self.peak, total)
-        self.watched_peak = max(self.watched_peak, watched)
-
-    @staticmethod
-    def machine_busy() -> float:
-        """CPU seconds all processes of the machine have used (not idle, not iowait)."""
-        import psutil
-
-        t = psutil.cpu_times()  # guest time is already in user: not summed
-        return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
-
-    def __enter__(self) -> TreeMemory:
-        self.busy0 = self.machine_busy()
-        self.before, self.watched_before = self.sample()
-        self.per_pid_peak.clear()
-        self.peak, self.watched_peak = self.before, self.watched_before
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self._update()
-        self.busy = self.machine_busy() - self.busy0  # ours and everybody else's
-
-
-class QuietReporter:
-    def progress(self, fraction: float | None, phase: str | None = None) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
-    def check_cancelled(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- the runs
