@@ -101,7 +101,7 @@ SPEC = ToolSpec(
 
 @dataclass(frozen=True, kw_only=True)
 class RasterGrid:
-    """A raster's georeferencing and how matching values are made from its bands."""
+    """A raster's georeferencing and how matching values and validity are read from it."""
 
     path: str
     width: int
@@ -111,6 +111,10 @@ class RasterGrid:
     bands: tuple[int, ...]  # 1-based bands read for matching
     luma: bool  # matching values are the luma of three bands
     elevation: bool  # one float band: heights
+    nodata: float | None = None  # of the bands read
+    alpha: int | None = None  # the 1-based alpha band
+    opaque: float = 255.0  # alpha of a fully opaque pixel
+    mask_band: bool = False  # validity comes from an internal mask band (no nodata, no alpha)
 
     @property
     def pixel_size(self) -> float:
@@ -120,11 +124,13 @@ class RasterGrid:
 def open_grid(path: str | Path, *, what: str) -> tuple[RasterGrid, RasterHeader]:
     """The grid of a raster, or :class:`InvalidParams` naming ``what`` when it cannot be used."""
     import rasterio
+    from rasterio.enums import MaskFlags
 
     try:
         header = read_header(path)
         with rasterio.open(path) as ds:
             crs, transform = ds.crs, ds.transform
+            flags = ds.mask_flag_enums[0] if ds.count else ()
     except Exception as exc:
         raise InvalidParams(f"{what} is not a readable raster: {exc}") from None
     if crs is None:
@@ -136,34 +142,47 @@ def open_grid(path: str | Path, *, what: str) -> tuple[RasterGrid, RasterHeader]
         raise InvalidParams(f"{what} has no data band")
     elevation = len(data) == 1 and header.dtype.startswith("float")
     luma = len(data) >= 3
+    kind = np.dtype(header.dtype)
     return RasterGrid(
         path=str(path), width=header.width, height=header.height, transform=transform,
         crs_wkt=crs.to_wkt(), bands=tuple(data[:3] if luma else data[:1]), luma=luma,
-        elevation=elevation,
+        elevation=elevation, nodata=header.nodata(data[0]), alpha=header.alpha_band,
+        opaque=float(np.iinfo(kind).max) if kind.kind in "iu" else 1.0,
+        mask_band=MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+        and MaskFlags.nodata not in flags,
     ), header
 
 
 def read_values(ds: Any, grid: RasterGrid, window: Any,
                 out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Matching values (float64) and validity of a window, optionally averaged down to
-    ``out_shape``. Invalid: nodata in any band read, alpha 0, not finite."""
+    ``out_shape``. Invalid: nodata in a band read, alpha 0 (reduced: not fully opaque), not
+    finite. The pixels are decoded once (validity from the same read, unless the raster
+    keeps it in a separate mask band)."""
     from rasterio.enums import Resampling
 
+    indexes = list(grid.bands) + ([grid.alpha] if grid.alpha else [])
     options: dict[str, Any] = {"window": window}
     if out_shape is not None:
-        options.update(out_shape=(len(grid.bands), *out_shape), resampling=Resampling.average)
-    data = ds.read(list(grid.bands), **options).astype(np.float64)
-    mask_options = {"window": window, "out_shape": out_shape} if out_shape else {"window": window}
-    valid = ds.dataset_mask(**mask_options) > 0
+        options.update(out_shape=(len(indexes), *out_shape), resampling=Resampling.average)
+    data = ds.read(indexes, **options).astype(np.float64)
+    bands = data[: len(grid.bands)]
+    valid = np.all(np.isfinite(bands), axis=0)
+    if grid.nodata is not None and not math.isnan(grid.nodata):
+        valid &= ~np.any(bands == grid.nodata, axis=0)
+    if grid.alpha:
+        valid &= data[-1] >= grid.opaque if out_shape is not None else data[-1] > 0
+    if grid.mask_band:
+        mask_options = {"window": window, "out_shape": out_shape} if out_shape else {"window": window}
+        valid &= ds.dataset_mask(**mask_options) > 0
     if out_shape is not None:  # a reduced pixel may mix valid and nodata pixels at edges
         from scipy import ndimage
 
         valid = ndimage.binary_erosion(valid, border_value=1)
-    valid &= np.all(np.isfinite(data), axis=0)
     if grid.luma:
-        values = LUMA[0] * data[0] + LUMA[1] * data[1] + LUMA[2] * data[2]
+        values = LUMA[0] * bands[0] + LUMA[1] * bands[1] + LUMA[2] * bands[2]
     else:
-        values = data[0]
+        values = bands[0]
     return np.where(valid, values, 0.0), valid
 
 
