@@ -274,6 +274,10 @@ SMOOTHING = 1.0  # σ of the Gaussian both windows are smoothed with, in pixels
 EROSION = np.ones((7, 7), bool)  # pixels whose smoothing or gradient touched nodata
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.add.reduce(a * b))
+
+
 def refine_shift(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: PatchSampler,
                  seed: tuple[float, float] = (0.0, 0.0), *, keep_samples: bool = False,
                  tolerance: float = TOLERANCE) -> Refined | None:
@@ -307,12 +311,15 @@ def refine_shift(fixed: np.ndarray, fixed_valid: np.ndarray, sampler: PatchSampl
         jy = (fy[usable] / f_std + my[usable] / m_std) / 2
         jx = (fx[usable] / f_std + mx[usable] / m_std) / 2
         e = (m - m.mean()) / m_std - (f - f.mean()) / f_std
-        hessian = np.array([[jy @ jy, jy @ jx], [jx @ jy, jx @ jx]])
+        # plain reductions, not BLAS dot products: a multi-threaded BLAS in a busy notebook
+        # process waits for its helper threads on every one of these small products
+        yy, yx, xx = _dot(jy, jy), _dot(jy, jx), _dot(jx, jx)
+        hessian = np.array([[yy, yx], [yx, xx]])
         if np.linalg.cond(hessian) > 1e6:
             return None  # texture in one direction only: the shift along it is unknown
-        if iteration > GIVE_UP_AFTER and 1.0 - float(e @ e) / (2 * e.size) < GIVE_UP_CORRELATION:
+        if iteration > GIVE_UP_AFTER and 1.0 - _dot(e, e) / (2 * e.size) < GIVE_UP_CORRELATION:
             return None  # still unrelated after several steps: not the same scene here
-        step = np.linalg.solve(hessian, np.array([jy @ e, jx @ e]))
+        step = np.linalg.solve(hessian, np.array([_dot(jy, e), _dot(jx, e)]))
         d -= step
         if not np.all(np.isfinite(d)) or np.abs(d).max() > max(h, w) / 2:
             return None
