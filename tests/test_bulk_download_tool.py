@@ -6,8 +6,8 @@ import filecmp
 import io
 import os
 import shutil
-import tempfile
 import subprocess
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
