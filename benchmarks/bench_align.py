@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # measure.py
 
-from measure import QuietReporter, TreeMemory  # noqa: E402
+from measure import QuietReporter, TreeMemory, gb, verdict  # noqa: E402
 
 PIXEL = 0.1
 ORIGIN = (500000.0, 4500000.0)
@@ -429,14 +429,6 @@ def spawn(args: list[str], timeout: float, blas_threads: int | None = None) -> A
 
 
 # --------------------------------------------------------------------------- the parent
-
-
-def gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GB"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def machine() -> str:

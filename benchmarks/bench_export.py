@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # measure.py, bench_service.py
 
-from measure import SAMPLE, QuietReporter, TreeMemory  # noqa: E402
+from measure import SAMPLE, QuietReporter, TreeMemory, gb, verdict  # noqa: E402
 
 RUNS = ["a1", "a2", "b", "b2", "c", "d"]
 LABELS = {
@@ -609,14 +609,6 @@ def spawn(args: list[str], timeout: float, gdal_cachemax: str = GDAL_CACHEMAX,
         raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n"
                            f"{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
-
-
-def gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GB"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def machine() -> str:

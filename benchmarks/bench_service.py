@@ -97,30 +97,16 @@ def trivial(x: int) -> int:
     return x + 1
 
 
-class _NullReporter:
-    def progress(self, fraction: float | None, phase: str | None = None) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
-    def check_cancelled(self) -> None:
-        pass
-
-
 def bare_bulk_download(params: dict[str, Any], dataset_root: str, work_root: str) -> int:
     """``tools.bulk_download.run`` alone: no events, no cancel Event, no artifact store."""
     from tools import bulk_download
-    from tools.contract import ToolContext
+    from tools.contract import PrintReporter, ToolContext
 
     work_dir = Path(work_root) / uuid.uuid4().hex
     work_dir.mkdir(parents=True)
     try:
         ctx = ToolContext(task_id="bare", dataset_root=Path(dataset_root), work_dir=work_dir,
-                          reporter=_NullReporter())
+                          reporter=PrintReporter(quiet=True))
         result = bulk_download.run(params, ctx)
         return result.artifact.stat().st_size if result.artifact else 0
     finally:

@@ -4,7 +4,8 @@
   pids (e.g. a LocalCluster's workers), sampled every ``SAMPLE`` seconds with psutil on a
   background thread; also the tree's CPU seconds and the whole machine's, so a benchmark can
   tell how much CPU other people's jobs used meanwhile.
-- :class:`QuietReporter`: a tool reporter that reports nothing.
+- :class:`QuietReporter`: a tool reporter that reports nothing; ``gb`` and ``verdict`` format
+  figures the same way in every benchmark.
 
 Benchmarks run as scripts from the repository root (``python benchmarks/bench_x.py``), so the
 script's folder is on ``sys.path`` and ``from measure import ...`` works.
@@ -16,6 +17,8 @@ import contextlib
 import threading
 import time
 from typing import Any
+
+from tools.contract import PrintReporter
 
 SAMPLE = 0.05  # seconds between memory samples
 
@@ -98,15 +101,16 @@ class TreeMemory:
         self.busy = self.machine_busy() - self.busy0  # ours and everybody else's
 
 
-class QuietReporter:
-    def progress(self, fraction: float | None, phase: str | None = None) -> None:
-        pass
+class QuietReporter(PrintReporter):
+    """The tools' own :class:`~tools.contract.PrintReporter`, printing nothing."""
 
-    def log(self, message: str) -> None:
-        pass
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
 
-    def cancelled(self) -> bool:
-        return False
 
-    def check_cancelled(self) -> None:
-        pass
+def gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
