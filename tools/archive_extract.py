@@ -75,7 +75,6 @@ from tools.contract import (
     ToolSpec,
 )
 from tools.safepath import (
-    SERVICE_FOLDER,
     UnsafePath,
     lstat_in_dataset,
     normalize_relpath,
@@ -153,7 +152,7 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
 
 def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     """Stage every member, then move the files into the dataset (see the module docstring)."""
-    staging = _staging_folder(ctx)
+    staging = staging_folder(ctx.dataset_root, SPEC.id, ctx.task_id)
     journal = Journal.load(staging)
     try:
         request = parse(params, ctx.dataset_root, must_exist=journal is None)
@@ -192,19 +191,6 @@ def _extract(request: Request, staging: Path, ctx: ToolContext) -> Journal:
         EXTRACTORS[request.fmt](stage, CountingReader(raw_file))
     stage.finished()
     return plan(ctx.dataset_root, request, stage)
-
-
-def _staging_folder(ctx: ToolContext) -> Path:
-    """``.ddb/tmp/archive-extract-<taskId>`` (the same for every attempt of a task), with
-    ``.ddb/tmp`` checked to be a real folder."""
-    tmp_rel = f"{SERVICE_FOLDER}/tmp"
-    try:
-        fd = open_folder_nofollow(ctx.dataset_root, tmp_rel, create=True)
-    except UnsafePath as exc:
-        raise ToolError(f"the dataset's {tmp_rel} folder is unusable: {exc}") from None
-    assert fd is not None
-    os.close(fd)
-    return staging_folder(ctx.dataset_root, SPEC.id, ctx.task_id)
 
 
 # --- moving into the dataset -----------------------------------------------------------------

@@ -16,13 +16,23 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from tools.safepath import SERVICE_FOLDER, open_folder_nofollow
+from tools.contract import ToolError
+from tools.safepath import SERVICE_FOLDER, UnsafePath, open_folder_nofollow
 
 STAGING_NAME = re.compile(r"^[a-z0-9-]+-(?P<task>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
 
 def staging_folder(dataset_root: Path, tool_id: str, task_id: str) -> Path:
-    return dataset_root / SERVICE_FOLDER / "tmp" / f"{tool_id}-{task_id}"
+    """This task's staging folder (not created), after checking that ``.ddb/tmp`` is a real
+    folder, with no symlink on the way (made when missing)."""
+    tmp_rel = f"{SERVICE_FOLDER}/tmp"
+    try:
+        fd = open_folder_nofollow(dataset_root, tmp_rel, create=True)
+    except UnsafePath as exc:
+        raise ToolError(f"the dataset's {tmp_rel} folder is unusable: {exc}") from None
+    assert fd is not None
+    os.close(fd)
+    return dataset_root / tmp_rel / f"{tool_id}-{task_id}"
 
 
 @contextlib.contextmanager
@@ -30,7 +40,7 @@ def staging(dataset_root: Path, tool_id: str, task_id: str) -> Iterator[Path]:
     """A fresh staging folder for this task, removed when the block ends (however it ends)."""
     folder = staging_folder(dataset_root, tool_id, task_id)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir()
     try:
         yield folder
     finally:
