@@ -1,6 +1,7 @@
 """Opening the index: SQLite in WAL mode by default, PostgreSQL when scaled.
 
-Reads and writes go through two context managers. ``read()`` is a plain transaction.
+Reads and writes go through two context managers. ``read()`` is a transaction that sees one
+snapshot (REPEATABLE READ on PostgreSQL).
 ``write()`` is a transaction that may write: on SQLite it begins ``IMMEDIATE`` (so it never
 has to upgrade a read lock, the cause of "database is locked") under a process-wide lock;
 with ``serialize=True`` on PostgreSQL it takes a transaction-scoped advisory lock, so checks
@@ -35,7 +36,12 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = self._create_engine(url)
         self._immediate = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads see one snapshot (SQLite's WAL readers always do; PostgreSQL needs REPEATABLE
+        # READ, else a task's log lines and its cursor can come from different commits).
+        snapshot = self.engine if self.is_sqlite else self.engine.execution_options(
+            isolation_level="REPEATABLE READ")
+        self._snapshot_sessions = sessionmaker(snapshot, expire_on_commit=False)
+        self._plain_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._immediate, expire_on_commit=False)
         self._write_lock = threading.RLock()
         Base.metadata.create_all(self.engine)
@@ -67,7 +73,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read_sessions() as session, session.begin():
+        with self._snapshot_sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -76,7 +82,7 @@ class Database:
             with self._write_lock, self._write_sessions() as session, session.begin():
                 yield session
             return
-        with self._read_sessions() as session, session.begin():
+        with self._plain_sessions() as session, session.begin():
             if serialize:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
             yield session
