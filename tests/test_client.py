@@ -18,6 +18,7 @@ import pytest
 
 from procplat import client as pc
 from tests.conftest import LiveServer, World
+from tests.test_build_tool import raster_bytes
 from tests.test_tasks_api import big_text
 
 
@@ -317,3 +318,91 @@ def test_wait_timeout_raises_wait_timeout(world: World) -> None:
     with pytest.raises(pc.WaitTimeout):
         task.wait(progress=False, timeout=0.2, poll=0.05)
     task.cancel()
+
+
+def test_task_status_exposes_params_and_path(world: World, tmp_path: Path) -> None:
+    ds = connect(world).dataset(f"{world.org}/{world.ds}")
+    ds.upload("p/a.txt", b"a")
+    task = ds.submit("bulk-download", {"paths": ["p/a.txt"], "archiveName": "pa"})
+    status = task.wait(progress=False, poll=0.1, timeout=60)
+    assert status.params == {"paths": ["p/a.txt"], "archiveName": "pa"}
+    assert status.path is None  # bulk-download takes paths, not a path
+    assert [t.params for t in ds.tasks(tool="bulk-download")] == [status.params]
+
+    ds.upload("r.tif", raster_bytes(tmp_path, 64))
+    export = ds.submit("raster-export", {"bands": "3,2,1"}, path="r.tif")
+    done = export.wait(progress=False, poll=0.1, timeout=60)
+    assert done.path == "r.tif" and done.params == {"path": "r.tif", "bands": "3,2,1"}
+    assert export.status().path == "r.tif"
+
+
+class Replay(httpx.BaseTransport):
+    """The answers of a task's status and log routes as recorded from a real run, replayed in
+    order: each status request takes the next recorded status (the last one repeats), each log
+    request sees the lines the service held at that moment (``log_after[i]``: after the i-th
+    status was read, which is how a log page can be newer than the status before it)."""
+
+    def __init__(self, statuses: list[dict[str, Any]], lines: list[str], log_after: list[int]):
+        self.statuses, self.lines, self.log_after = statuses, lines, log_after
+        self.polls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/log"):
+            held = self.log_after[min(self.polls, len(self.log_after)) - 1]
+            since = int(request.url.params.get("since", 0))
+            return httpx.Response(200, json={
+                "cursor": held, "lines": self.lines[since:held], "truncatedFromTail": 0})
+        status = self.statuses[min(self.polls, len(self.statuses) - 1)]
+        self.polls += 1
+        return httpx.Response(200, json=status)
+
+
+def _recorded(state: str, percent: int, phase: str | None, cursor: int) -> dict[str, Any]:
+    return {"taskId": "0b6f12ab-0000-4000-8000-000000000000", "toolId": "raster-export",
+            "version": "1", "state": state, "path": "o.tif", "params": {"path": "o.tif"},
+            "progress": {"percent": percent, "phase": phase}, "logCursor": cursor,
+            "logTail": [], "artifact": None, "error": None if state != "Failed" else "boom"}
+
+
+def _replayed(statuses: list[dict[str, Any]], lines: list[str], log_after: list[int],
+              terminal: bool = True) -> str:
+    replay = Replay(statuses, lines, log_after)
+    with pc.Client("http://recorded.invalid", transport=replay) as client:
+        out: io.StringIO = Terminal() if terminal else io.StringIO()
+        task = client.dataset("acme/survey").task(statuses[0]["taskId"])
+        task.wait(progress=True, file=out, poll=0, raise_on_failure=False)
+    return out.getvalue()
+
+
+def _bars(drawn: str) -> list[str]:
+    """Every state the bar or a plain line showed, in order, with the log lines between."""
+    return [piece.strip() for piece in drawn.replace("\r", "\n").split("\n") if piece.strip()]
+
+
+WRITTEN = "[12:00:03] Written o_export.tif"
+
+
+def test_wait_never_draws_a_bar_older_than_the_log_lines_above_it() -> None:
+    lines = ["[12:00:01] Exporting o.tif", "[12:00:02] rendering", WRITTEN]
+    # A fast task: the first status still says Created; by the next one it is done. Then a
+    # status whose log page (read a moment later) already holds a newer line.
+    for statuses, log_after in [
+        ([_recorded("Created", 0, None, 0), _recorded("Succeeded", 100, "storing artifact", 3)],
+         [0, 3]),
+        ([_recorded("Processing", 40, "rendering", 2), _recorded("Succeeded", 100, None, 3)],
+         [3, 3]),
+    ]:
+        for terminal in (True, False):
+            shown = _bars(_replayed(statuses, lines, log_after, terminal))
+            after = shown[shown.index(WRITTEN) + 1:]
+            assert after and all("Succeeded" in bar for bar in after), shown
+            assert shown.count(WRITTEN) == 1 and all(line in shown for line in lines), shown
+
+
+def test_a_failed_tasks_bar_never_reads_100_percent() -> None:
+    # raster-export finished its rendering phase (100% of that phase), then failed.
+    statuses = [_recorded("Processing", 100, "rendering", 1), _recorded("Failed", 100, "rendering", 2)]
+    for terminal in (True, False):
+        shown = _bars(_replayed(statuses, ["[1] rendering", "[2] Error: disk full"], [1, 2], terminal))
+        final = shown[-1]
+        assert "Failed" in final and "100%" not in final and "99%" in final, shown

@@ -293,11 +293,11 @@ class Task:
             while True:
                 status = self.status()
                 if view is not None:
+                    lines: list[str] = []
                     if status.log_cursor > cursor:
-                        page = self.log_page(cursor)
-                        view.lines(page.lines)
-                        cursor = page.cursor
-                    view.update(status)
+                        lines = self.log_page(cursor).upto(status.log_cursor)
+                        cursor = status.log_cursor
+                    view.show(status, lines)
                 if status.terminal:
                     break
                 if deadline is not None and time.monotonic() >= deadline:

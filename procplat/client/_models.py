@@ -1,4 +1,5 @@
-"""What the service answers, as values: entries, tools, artifacts, task status, log pages."""
+"""What the service answers, as values: orgs, datasets, entries, tools, artifacts, task
+status, log pages."""
 
 from __future__ import annotations
 
@@ -7,6 +8,49 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Deleted"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Org:
+    """An org the caller may see (``GET /orgs``)."""
+
+    slug: str
+    name: str
+    owner: str | None
+    created_at: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Org:
+        return cls(
+            slug=body["slug"], name=body.get("name") or body["slug"], owner=body.get("owner"),
+            created_at=body.get("createdAt"), raw=dict(body),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """A dataset the caller may see (``GET /orgs/{org}/ds``, ``GET /orgs/{org}/ds/{ds}``);
+    ``name`` (``"org/ds"``) is what :meth:`Client.dataset` takes."""
+
+    org: str
+    slug: str
+    visibility: str
+    can_write: bool
+    created_at: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.org}/{self.slug}"
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> DatasetInfo:
+        return cls(
+            org=body["org"], slug=body["slug"], visibility=body.get("visibility", ""),
+            can_write=bool(body.get("canWrite")), created_at=body.get("createdAt"),
+            raw=dict(body),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,12 +117,16 @@ class Artifact:
 
 @dataclass(frozen=True, kw_only=True)
 class TaskStatus:
-    """One answer of ``GET .../tasks/{taskId}`` (``raw`` holds every key)."""
+    """One answer of ``GET .../tasks/{taskId}`` (``raw`` holds every key). ``params`` are the
+    effective parameters the task runs with (a top-level ``path`` included); ``path`` is the
+    entry it works on, for tools that take one."""
 
     task_id: str
     tool_id: str
     version: str
     state: str
+    path: str | None
+    params: dict[str, Any]
     percent: int
     phase: str | None
     error: str | None
@@ -102,6 +150,7 @@ class TaskStatus:
         return cls(
             task_id=body["taskId"], tool_id=body.get("toolId", ""),
             version=str(body.get("version", "")), state=body["state"],
+            path=body.get("path"), params=dict(body.get("params") or {}),
             percent=int(progress.get("percent") or 0), phase=progress.get("phase"),
             error=body.get("error"), result=body.get("result"),
             artifact=Artifact.from_json(artifact) if artifact else None,
@@ -131,3 +180,9 @@ class LogPage:
     cursor: int
     lines: list[str]
     truncated_from_tail: int
+
+    def upto(self, cursor: int) -> list[str]:
+        """The lines numbered below ``cursor``: those a status with this ``logCursor`` counts
+        (the page may hold lines appended after that status was read)."""
+        newer = max(0, self.cursor - cursor)
+        return self.lines[: max(0, len(self.lines) - newer)]

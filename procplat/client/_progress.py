@@ -13,8 +13,13 @@ from procplat.client._models import TaskStatus
 class _ProgressView:
     """What :meth:`Task.wait` shows: on a terminal or in a notebook a tqdm bar (tool, state,
     phase, percent) with the log lines printed above it; elsewhere (a pipe, a CI log) plain
-    lines, one per
-    log line and one each time the state, phase or percent changes."""
+    lines, one per log line and one each time the state, phase or percent changes.
+
+    Each poll is shown with :meth:`show`: a status and the new log lines that status already
+    counts, so the bar under the lines is never older than they are (no ``Created 0%`` under
+    a line saying the file is written). A task that ended without succeeding never reads
+    100%: the service's percent is that of the task's last phase, so a failure right after a
+    phase completed would otherwise draw a full bar."""
 
     def __init__(self, file: IO[str], task_id: str) -> None:
         self.file = file
@@ -28,29 +33,36 @@ class _ProgressView:
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}",
             )
 
-    def lines(self, lines: list[str]) -> None:
-        for line in lines:
-            if self.bar is not None:
-                self.bar.write(line, file=self.file)
-            else:
-                print(line, file=self.file, flush=True)
-
-    def update(self, status: TaskStatus) -> None:
+    def show(self, status: TaskStatus, lines: list[str]) -> None:
+        """Draw ``status`` with ``lines`` (its new log lines) above the bar."""
         phase = f" {status.phase}" if status.phase else ""
+        percent = shown_percent(status)
         if self.bar is not None:
+            # The new state first, so the bar redrawn under each line already says it.
             self.bar.set_description_str(f"{status.tool_id} {status.state}{phase}", refresh=False)
-            self.bar.n = status.percent
+            self.bar.n = percent
+            for line in lines:
+                self.bar.write(line, file=self.file)
             self.bar.refresh()
             return
-        now = (status.state, status.phase, status.percent)
+        for line in lines:
+            print(line, file=self.file, flush=True)
+        now = (status.state, status.phase, percent)
         if now != self.last:
             self.last = now
-            print(f"{status.tool_id} {status.state}{phase} {status.percent}%", file=self.file,
+            print(f"{status.tool_id} {status.state}{phase} {percent}%", file=self.file,
                   flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def shown_percent(status: TaskStatus) -> int:
+    """The percent to draw: the service's, but below 100 for a task that ended unsuccessfully."""
+    if status.terminal and status.state != "Succeeded":
+        return min(status.percent, 99)
+    return status.percent
 
 
 def _isatty(file: IO[str]) -> bool:
