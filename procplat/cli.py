@@ -6,11 +6,18 @@ client of a running service, built on :mod:`procplat.client`.
     procplat submit TOOL --ds org/ds --param k=v ... [--wait] [--download DEST]
     procplat tasks list|status|log|cancel|download    follow and manage tasks
     procplat tools [--ds org/ds]                      the tools a task can run
+    procplat orgs | datasets [--org ORG]              the orgs and datasets you may see
+    procplat token reset USER                         issue a new token (on the service's host)
 
 Connection: ``--url`` (else ``$PROCPLAT_URL``, else ``http://127.0.0.1:8000``, where
 ``procplat serve`` listens by default) and ``--token`` (else ``$PROCPLAT_TOKEN``; without one
 the calls are anonymous, which can read public datasets only; prefer the variable, since a
-``--token`` shows in the process list). A dataset is ``--ds org/ds``.
+``--token`` shows in the process list). A dataset is ``--ds org/ds``. A task is its id or the
+first 8 or more characters of it (what the dashboard and the progress bar show), resolved by
+the service (``GET .../tasks?taskId=<prefix>``, so any number of tasks is searched); a prefix
+several tasks share is a usage error that lists them.
+
+A closed stdout (``... | head -1``) ends a command quietly with exit 0, as Unix tools do.
 
 ``--param key=value`` (repeatable): the value is JSON when it parses as JSON (``n=3``,
 ``force=true``, ``paths=["a","b"]``) and a plain string otherwise (``fileName=out.tif``); quote
@@ -21,8 +28,10 @@ Output: what a script wants goes to stdout (the task id from ``submit``, tables,
 ``--json`` documents); progress bars and messages go to stderr.
 
 Exit codes: 0 success; 1 the task failed or was cancelled (or ``--timeout`` ran out);
-2 usage error (bad arguments, unreadable ``@file``); 3 the service answered with an error, could
-not be reached, a download did not verify, or a local file could not be read or written.
+2 usage error (bad arguments, unreadable ``@file``, a task id prefix that is too short or
+ambiguous); 3 the service answered with an error, could not be reached, a download did not
+verify, or a local file could not be read or written (``token reset``: no index or no such
+user).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -39,6 +49,9 @@ from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
+MIN_TASK_PREFIX = 8  # the dashboard and the progress bar show a task's first 8 characters
+PREFIX_MATCHES_SHOWN = 10
+FULL_TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -55,6 +68,43 @@ def serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
+
+
+def token_reset(args: argparse.Namespace) -> int:
+    """Issue a new token for a user straight in the index the service's settings name
+    (``PROCPLAT_DATA`` / ``PROCPLAT_DATABASE_URL``), revoking the user's other tokens."""
+    from procplat.core.auth import reset_token
+    from procplat.errors import NotFound
+    from procplat.index.db import Database
+    from procplat.settings import load_settings
+
+    settings = load_settings()
+    if settings.database_url is None and not settings.sqlite_path.is_file():
+        print(f"procplat: error: no index at {settings.sqlite_path.resolve()}: run this where "
+              "the service runs, with its PROCPLAT_DATA (or PROCPLAT_DATABASE_URL), after it "
+              "has started once", file=sys.stderr)
+        return EXIT_HTTP
+    db = Database(settings.sqlalchemy_url)
+    try:
+        token = reset_token(db, args.username)
+    except NotFound as exc:
+        print(f"procplat: error: {exc.message} in the index {_index_name(settings)}",
+              file=sys.stderr)
+        return EXIT_HTTP
+    finally:
+        db.dispose()
+    print(token, flush=True)
+    print(f"procplat: new token for '{args.username}'; its earlier tokens are revoked "
+          "(a running service stops accepting them within a second)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _index_name(settings: Any) -> str:
+    if settings.database_url is None:
+        return str(settings.sqlite_path.resolve())
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 # --- argument types ------------------------------------------------------------------------
@@ -190,9 +240,41 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resolve_task_id(given: str, matches: list[str], *, more: bool = False) -> str:
+    """The one task id among ``matches`` (the ids starting with ``given``); a usage error
+    when ``given`` is shorter than :data:`MIN_TASK_PREFIX` or matches several."""
+    if len(given) < MIN_TASK_PREFIX:
+        raise UsageError(
+            f"task id {given!r} is too short: give the whole id or at least its first "
+            f"{MIN_TASK_PREFIX} characters"
+        )
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        from procplat.client import NotFound
+
+        raise NotFound(404, f"no task's id starts with '{given}'")
+    listed = "\n  ".join(matches) + ("\n  ..." if more else "")
+    raise UsageError(f"task id prefix '{given}' is ambiguous; it starts these:\n  {listed}")
+
+
+def _task(client: Any, args: argparse.Namespace) -> Any:
+    """The task handle of ``TASK``: a whole id as given, a prefix resolved by the service's
+    ``taskId`` filter on the dataset's task list."""
+    dataset = client.dataset(args.ds)
+    given = args.task.strip().lower()
+    if FULL_TASK_ID.match(given):
+        return dataset.task(given)
+    if len(given) < MIN_TASK_PREFIX:
+        return dataset.task(resolve_task_id(given, []))
+    found = [t.task_id for t in dataset.tasks(id_prefix=given, take=PREFIX_MATCHES_SHOWN + 1)]
+    return dataset.task(resolve_task_id(
+        given, found[:PREFIX_MATCHES_SHOWN], more=len(found) > PREFIX_MATCHES_SHOWN))
+
+
 def cmd_tasks_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        status = client.dataset(args.ds).task(args.task).status()
+        status = _task(client, args).status()
     if args.json:
         _print_json(status.raw)
         return EXIT_OK
@@ -218,7 +300,7 @@ def cmd_tasks_status(args: argparse.Namespace) -> int:
 
 def cmd_tasks_log(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        task = client.dataset(args.ds).task(args.task)
+        task = _task(client, args)
         for line in task.log(args.since, follow=args.follow):
             print(line, flush=args.follow)
     return EXIT_OK
@@ -226,17 +308,40 @@ def cmd_tasks_log(args: argparse.Namespace) -> int:
 
 def cmd_tasks_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        status = client.dataset(args.ds).task(args.task).cancel()
+        status = _task(client, args).cancel()
     print(f"{status.task_id}\t{status.state}")
     return EXIT_OK
 
 
 def cmd_tasks_download(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        saved = client.dataset(args.ds).task(args.task).download(
+        saved = _task(client, args).download(
             args.dest, progress=not args.quiet
         )
     print(saved)
+    return EXIT_OK
+
+
+def cmd_orgs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        orgs = client.orgs()
+    if args.json:
+        _print_json([o.raw for o in orgs])
+        return EXIT_OK
+    _table([[o.slug, o.name, o.owner or "", o.created_at or ""] for o in orgs],
+           ["ORG", "NAME", "OWNER", "CREATED"])
+    return EXIT_OK
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        datasets = client.datasets.list(args.org)
+    if args.json:
+        _print_json([d.raw for d in datasets])
+        return EXIT_OK
+    rows = [[d.name, d.visibility, "write" if d.can_write else "read", d.created_at or ""]
+            for d in datasets]
+    _table(rows, ["DATASET", "VISIBILITY", "ACCESS", "CREATED"])
     return EXIT_OK
 
 
@@ -318,6 +423,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=serve)
 
+    p = _add(
+        commands, "token", [], "manage API tokens on the service's host",
+        "Tokens of users, handled in the service's own index (no HTTP, no token needed); see "
+        "procplat token reset --help.",
+        "  export PROCPLAT_ADMIN_TOKEN=$(procplat token reset admin)",
+    )
+    sub = p.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    q = _add(
+        sub, "reset", [], "issue a new token for a user, revoking the others",
+        "Issue a new API token for USER and print it on stdout; the user's earlier tokens stop "
+        "working (in a running service within a second). It writes to the index the "
+        "service's settings name (PROCPLAT_DATA, else ./procplat-data; PROCPLAT_DATABASE_URL; "
+        "PROCPLAT_CONFIG), so run it where the service runs, with the same settings. This is "
+        "how a lost admin token is recovered.",
+        "  export PROCPLAT_ADMIN_TOKEN=$(procplat token reset admin)",
+    )
+    q.add_argument("username", metavar="USER", help="the user, e.g. admin")
+    q.set_defaults(run=token_reset)
+
     conn = [_connection_options()]
     p = _add(
         commands, "upload", conn, "upload a file into a dataset",
@@ -382,22 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, help, description, example in [
         ("status", cmd_tasks_status, "a task's state, progress, error and artifact",
          "Show a task's state, progress, error, artifact and result.",
-         "  procplat tasks status --ds acme/survey 0b6f...-..."),
+         "  procplat tasks status --ds acme/survey 0b6f12ab"),
         ("log", cmd_tasks_log, "a task's log lines",
          "Print a task's log lines (those still kept: the log is a ring buffer). --follow "
          "keeps printing new lines until the task ends.",
-         "  procplat tasks log --ds acme/survey --follow 0b6f...-..."),
+         "  procplat tasks log --ds acme/survey --follow 0b6f12ab | head -1"),
         ("cancel", cmd_tasks_cancel, "cancel a task (or delete a finished one)",
          "Cancel an active task (its work stops within seconds), or mark a finished one "
          "Deleted and purge its artifact. Prints the id and the new state.",
-         "  procplat tasks cancel --ds acme/survey 0b6f...-..."),
+         "  procplat tasks cancel --ds acme/survey 0b6f12ab"),
         ("download", cmd_tasks_download, "save a task's artifact",
          "Download a task's artifact to DEST (a file, or a folder to keep its name) through "
          "DEST.part, resuming an interrupted download, and verify its sha256.",
-         "  procplat tasks download --ds acme/survey 0b6f...-... ortho.zip"),
+         "  procplat tasks download --ds acme/survey 0b6f12ab ortho.zip"),
     ]:
         q = _add(sub, name, conn, help, description, example)
-        q.add_argument("task", metavar="TASK", help="the task id")
+        q.add_argument("task", metavar="TASK", help="the task id, or its first 8 or more "
+                       "characters (as the dashboard and the progress bar show it)")
         _ds(q)
         if name == "status":
             _json_flag(q)
@@ -409,6 +534,26 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("dest", metavar="DEST", help="file or folder to save to")
             q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         q.set_defaults(run=run)
+
+    p = _add(
+        commands, "orgs", conn, "the orgs you may see",
+        "List the orgs you may see: those with a public dataset, and your own (every org for "
+        "an admin): slug, name, owner, created.",
+        "  procplat orgs --json",
+    )
+    _json_flag(p)
+    p.set_defaults(run=cmd_orgs)
+
+    p = _add(
+        commands, "datasets", conn, "the datasets you may see",
+        "List the datasets you may see, of one org (--org) or of every org `procplat orgs` "
+        "lists: org/ds, visibility, your access (read or write), created. Members see all of "
+        "their orgs' datasets, everyone else the public ones.",
+        "  procplat datasets --org acme",
+    )
+    p.add_argument("--org", help="only this org's datasets")
+    _json_flag(p)
+    p.set_defaults(run=cmd_datasets)
 
     p = _add(
         commands, "tools", conn, "the tools tasks can run",
@@ -426,12 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.run is serve:
+    if args.run in (serve, token_reset):
         return int(args.run(args))
     from procplat.client import HTTPError, ProcplatError, TaskError
 
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"procplat: error: {exc}", file=sys.stderr)
@@ -455,6 +604,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("procplat: interrupted (a submitted task keeps running)", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``procplat tasks log --follow ... | head -1``): stop
+    quietly with success, as Unix tools do. What is still buffered goes to /dev/null, so the
+    interpreter's own flush at exit does not complain a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -59,7 +59,12 @@ class Settings:
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data / 'procplat.sqlite').resolve()}"
+        return f"sqlite:///{self.sqlite_path.resolve()}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Where the embedded index lives when no ``database_url`` is set."""
+        return self.data / "procplat.sqlite"
 
     @property
     def datasets_dir(self) -> Path:

@@ -27,7 +27,8 @@ ON_ONE_SERVER = pytest.mark.parametrize("server", ["local-cluster"], indirect=Tr
 
 COMMANDS = [
     [], ["serve"], ["upload"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "status"],
-    ["tasks", "log"], ["tasks", "cancel"], ["tasks", "download"], ["tools"],
+    ["tasks", "log"], ["tasks", "cancel"], ["tasks", "download"], ["tools"], ["orgs"],
+    ["datasets"], ["token"], ["token", "reset"],
 ]
 
 

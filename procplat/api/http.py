@@ -18,7 +18,9 @@ from procplat.core.auth import Principal, authenticate
 from procplat.errors import BadRequest, PayloadTooLarge, ProcplatError
 
 log = logging.getLogger("procplat.api")
-PRINCIPAL_CACHE_SECONDS = 30.0
+# A token's user is cached this long per API process: short, because a token revoked in the
+# index (``procplat token reset``, from any process) must stop working promptly.
+PRINCIPAL_CACHE_SECONDS = 1.0
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -41,6 +41,18 @@ async def create_org(request: Request) -> Response:
     return json_response(org, 201)
 
 
+def list_orgs(request: Request) -> Response:
+    return json_response(_datasets(request).list_orgs(
+        caller(request), query(request, "skip"), query(request, "take")
+    ))
+
+
+def list_datasets(request: Request) -> Response:
+    return json_response(_datasets(request).list_datasets(
+        caller(request), request.path_params["org"], query(request, "skip"), query(request, "take")
+    ))
+
+
 async def add_member(request: Request) -> Response:
     body = await read_json_object(request)
     who = await run_in_threadpool(caller, request)
@@ -145,8 +157,10 @@ def download_zip(request: Request) -> Response:
 ROUTES = [
     Route("/users", create_user, methods=["POST"]),
     Route("/orgs", create_org, methods=["POST"]),
+    Route("/orgs", list_orgs, methods=["GET"]),
     Route("/orgs/{org}/members", add_member, methods=["POST"]),
     Route("/orgs/{org}/ds", create_dataset, methods=["POST"]),
+    Route("/orgs/{org}/ds", list_datasets, methods=["GET"]),
     Route("/orgs/{org}/ds/{ds}", get_dataset, methods=["GET"]),
     Route("/orgs/{org}/ds/{ds}/files/{path:path}", put_file, methods=["PUT"]),
     Route("/orgs/{org}/ds/{ds}/files/{path:path}", get_file, methods=["GET", "HEAD"]),

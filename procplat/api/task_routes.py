@@ -41,7 +41,7 @@ async def submit(request: Request) -> Response:
 def list_tasks(request: Request) -> Response:
     return json_response(_tasks(request).list(
         caller(request), *_where(request), query(request, "toolId"), query(request, "state"),
-        query(request, "skip"), query(request, "take"),
+        query(request, "skip"), query(request, "take"), query(request, "taskId"),
     ))
 
 

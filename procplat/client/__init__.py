@@ -14,8 +14,11 @@ the service's own packages, so it can be installed on a laptop and pointed at a 
 
 Addressing. A dataset is named by the string ``"org/ds"`` (exactly two non-empty segments) or by
 the :class:`Dataset` handle ``client.dataset("org/ds")`` returns; every call that takes a dataset
-accepts both. ``client.datasets`` creates and looks up datasets (``create``, ``get``, and
-``client.datasets["org/ds"]`` for a handle). A task is the :class:`Task` handle that
+accepts both. ``client.datasets`` lists, creates and looks up datasets (``list``, ``create``,
+``get``, and ``client.datasets["org/ds"]`` for a handle); ``client.orgs()`` lists the orgs.
+What the caller may see: orgs with a public dataset and the public datasets for everyone,
+all of their orgs' datasets for members, everything for an admin. Lists follow the service's
+pages by themselves (``skip``/``take`` choose a slice). A task is the :class:`Task` handle that
 ``Dataset.submit`` / ``Dataset.task(task_id)`` / ``Dataset.tasks()`` return; it carries its
 dataset because every task route lives under ``/orgs/{org}/ds/{ds}/tasks``.
 
@@ -79,7 +82,16 @@ from procplat.client._errors import (
     WaitTimeout,
     error_from_response,
 )
-from procplat.client._models import Artifact, Entry, LogPage, Submission, TaskStatus, Tool
+from procplat.client._models import (
+    Artifact,
+    DatasetInfo,
+    Entry,
+    LogPage,
+    Org,
+    Submission,
+    TaskStatus,
+    Tool,
+)
 
 __all__ = [
     "Artifact",
@@ -87,6 +99,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Dataset",
+    "DatasetInfo",
     "Datasets",
     "Entry",
     "Forbidden",
@@ -95,6 +108,7 @@ __all__ = [
     "IntegrityError",
     "LogPage",
     "NotFound",
+    "Org",
     "PayloadTooLarge",
     "ProcplatError",
     "RangeNotSatisfiable",

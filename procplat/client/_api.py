@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import sys
@@ -13,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from procplat.client._constants import CHUNK_SIZE, USER_AGENT
+from procplat.client._constants import CHUNK_SIZE, PAGE_SIZE, USER_AGENT
 from procplat.client._download import _Download
 from procplat.client._errors import (
     NotFound,
@@ -23,7 +24,15 @@ from procplat.client._errors import (
     WaitTimeout,
     error_from_response,
 )
-from procplat.client._models import Entry, LogPage, Submission, TaskStatus, Tool
+from procplat.client._models import (
+    DatasetInfo,
+    Entry,
+    LogPage,
+    Org,
+    Submission,
+    TaskStatus,
+    Tool,
+)
 from procplat.client._progress import _ProgressView
 
 DatasetRef: TypeAlias = "str | Dataset"
@@ -73,6 +82,27 @@ class Client:
         org, ds = parse_dataset(ref)
         return Dataset(self, org, ds)
 
+    def orgs(self, *, skip: int = 0, take: int | None = None) -> list[Org]:
+        """The orgs this caller may see, by slug: those with a public dataset and the
+        caller's own (every org for an admin). ``take=None`` gets all of them from ``skip``
+        on, following the service's pages."""
+        return [Org.from_json(o) for o in self._paged("/orgs", skip, take)]
+
+    def _paged(self, url: str, skip: int = 0, take: int | None = None) -> Iterator[dict[str, Any]]:
+        """The items of a paged list route (``{items, total, skip, take}``) from ``skip`` on,
+        at most ``take`` of them, page by page."""
+        left = take
+        while left is None or left > 0:
+            want = PAGE_SIZE if left is None else min(left, PAGE_SIZE)
+            body = self.request("GET", url, params={"skip": skip, "take": want}).json()
+            items = body["items"]
+            yield from items
+            skip += len(items)
+            if left is not None:
+                left -= len(items)
+            if not items or skip >= int(body["total"]):
+                return
+
     def create_org(self, slug: str, name: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"slug": slug}
         if name is not None:
@@ -103,13 +133,28 @@ def parse_dataset(ref: str) -> tuple[str, str]:
 
 
 class Datasets:
-    """``client.datasets``: create datasets and get handles on them."""
+    """``client.datasets``: list and create datasets, and get handles on them."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
     def __getitem__(self, ref: str) -> Dataset:
         return self._client.dataset(ref)
+
+    def list(
+        self, org: str | None = None, *, skip: int = 0, take: int | None = None
+    ) -> list[DatasetInfo]:
+        """The datasets this caller may see, by org then slug: of one ``org``, or of every
+        org :meth:`Client.orgs` lists. Members see all of their orgs' datasets, everyone
+        else the public ones. ``skip``/``take`` as in :meth:`Client.orgs`."""
+        if org is not None:
+            items: Iterator[dict[str, Any]] = self._client._paged(
+                f"/orgs/{_q(org)}/ds", skip, take)
+        else:
+            every = (d for o in self._client.orgs() for d in self._client._paged(
+                f"/orgs/{_q(o.slug)}/ds"))
+            items = itertools.islice(every, skip, None if take is None else skip + take)
+        return [DatasetInfo.from_json(d) for d in items]
 
     def get(self, ref: DatasetRef) -> Dataset:
         """The handle, after checking the dataset exists and is visible (else NotFound)."""
@@ -206,14 +251,18 @@ class Dataset:
         return Task(self, task_id)
 
     def tasks(
-        self, *, tool: str | None = None, state: str | None = None, skip: int = 0, take: int = 50
+        self, *, tool: str | None = None, state: str | None = None, id_prefix: str | None = None,
+        skip: int = 0, take: int = 50,
     ) -> list[TaskStatus]:
-        """Tasks of the dataset, newest first (``take`` is clamped to 1..200 by the service)."""
+        """Tasks of the dataset, newest first (``take`` is clamped to 1..200 by the service);
+        ``id_prefix`` keeps those whose id starts with it (``"0b6f12ab"``)."""
         params: dict[str, Any] = {"skip": skip, "take": take}
         if tool is not None:
             params["toolId"] = tool
         if state is not None:
             params["state"] = state
+        if id_prefix is not None:
+            params["taskId"] = id_prefix
         body = self.client.request("GET", f"{self.url}/tasks", params=params).json()
         return [TaskStatus.from_json(t) for t in body]
 

@@ -14,6 +14,7 @@ from procplat.index.db import Database, utcnow
 
 log = logging.getLogger("procplat.auth")
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ADMIN = "admin"  # the user created on first start
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,17 +33,46 @@ def new_token() -> str:
 
 
 def ensure_admin(db: Database, admin_token: str | None) -> str | None:
-    """Create the ``admin`` user on first start; returns the token when one was generated."""
+    """Create the ``admin`` user on first start; returns the token when one was generated.
+
+    ``PROCPLAT_ADMIN_TOKEN`` is read on first start only: on a later start, a value that is
+    not a token of ``admin`` is reported (it would otherwise be ignored without a word)."""
     with db.write() as s:
         if q.count_users(s) > 0:
-            return None
-        token = admin_token or new_token()
-        q.add_user(s, "admin", True, hash_token(token), utcnow())
+            admin = q.user_by_name(s, ADMIN)
+            stale = bool(admin_token) and (
+                admin is None or not q.has_token(s, admin.id, hash_token(str(admin_token))))
+            created = False
+        else:
+            token = admin_token or new_token()
+            q.add_user(s, ADMIN, True, hash_token(token), utcnow())
+            created = True
+    if not created:
+        if stale:
+            log.warning(
+                "PROCPLAT_ADMIN_TOKEN is set but is not a token of user 'admin': the variable "
+                "is only used when the index is new, and this index already has users. "
+                "'procplat token reset admin' issues a new token for 'admin'."
+            )
+        return None
     if admin_token:
         log.info("created user 'admin' with the token from PROCPLAT_ADMIN_TOKEN")
         return None
     log.warning("created user 'admin'; its API token (shown once): %s", token)
-    print(f"procplat: created user 'admin'; its API token (shown once): {token}", flush=True)
+    print(f"procplat: created user 'admin'; its API token (shown once): {token} "
+          "('procplat token reset admin' issues a new one)", flush=True)
+    return token
+
+
+def reset_token(db: Database, username: str) -> str:
+    """Issue a new token for ``username`` and revoke its others; returns the new token."""
+    token = new_token()
+    with db.write() as s:
+        user = q.user_by_name(s, username)
+        if user is None:
+            raise NotFound(f"user '{username}' not found")
+        q.replace_tokens(s, user.id, hash_token(token), utcnow())
+    log.info("issued a new token for user '%s'; its earlier tokens are revoked", username)
     return token
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import anyio
 
 from procplat.core.auth import Principal, require_user
+from procplat.core.paging import clamp_take, page
 from procplat.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
@@ -105,6 +106,21 @@ def build_json(entry: Entry, build: EntryBuild | None) -> dict[str, Any] | None:
     if build.error:
         found["error"] = build.error
     return found
+
+
+def _member(s: Any, caller: Principal | None, org: Any) -> bool:
+    """Whether the caller may see all of the org's datasets and write to them."""
+    return caller is not None and (
+        caller.is_admin or org.owner_id == caller.user_id or q.is_member(s, org.id, caller.user_id)
+    )
+
+
+def _not_found(what: str, caller: Principal | None) -> str:
+    """The 404 message; an anonymous caller is told why a private dataset may be hidden (the
+    same words whether or not it exists, so they reveal nothing)."""
+    if caller is None:
+        return f"{what} not found (no token was sent; private datasets are visible to members only)"
+    return f"{what} not found"
 
 
 def _posix_seconds(moment: datetime) -> float:
@@ -197,14 +213,9 @@ class Datasets:
         with self.db.read() as s:
             org = q.org_by_slug(s, org_slug)
             ds = q.dataset_by_slug(s, org.id, ds_slug) if org is not None else None
-            if org is None or ds is None:
-                raise NotFound(f"dataset '{org_slug}/{ds_slug}' not found")
-            member = caller is not None and (
-                caller.is_admin or org.owner_id == caller.user_id
-                or q.is_member(s, org.id, caller.user_id)
-            )
-            if ds.visibility != "public" and not member:
-                raise NotFound(f"dataset '{org_slug}/{ds_slug}' not found")
+            member = org is not None and _member(s, caller, org)
+            if org is None or ds is None or (ds.visibility != "public" and not member):
+                raise NotFound(_not_found(f"dataset '{org_slug}/{ds_slug}'", caller))
             if access == "Write" and not member:
                 if caller is None:
                     raise Unauthorized("authentication required")
@@ -214,6 +225,40 @@ class Datasets:
             ref.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._prepared.add(ref.dataset_id)
         return ref
+
+    def list_orgs(self, caller: Principal | None, skip: Any, take: Any) -> dict[str, Any]:
+        """A page of the orgs the caller may see: those with a public dataset, and the
+        caller's own (all of them for an admin)."""
+        skip_n, take_n = clamp_take(skip, take)
+        with self.db.read() as s:
+            rows, total = q.visible_orgs(
+                s, user_id=caller.user_id if caller else None,
+                everything=caller is not None and caller.is_admin, skip=skip_n, take=take_n,
+            )
+            items = [
+                {"slug": org.slug, "name": org.name, "owner": owner,
+                 "createdAt": iso(org.created_at)}
+                for org, owner in rows
+            ]
+        return page(items, total, skip_n, take_n)
+
+    def list_datasets(
+        self, caller: Principal | None, org_slug: str, skip: Any, take: Any
+    ) -> dict[str, Any]:
+        """A page of an org's datasets the caller may see: all of them for its members (and
+        admins), its public ones for everyone else. An org none of whose datasets the caller
+        may see is invisible (404), as ``GET /orgs`` does not list it."""
+        skip_n, take_n = clamp_take(skip, take)
+        with self.db.read() as s:
+            org = q.org_by_slug(s, org_slug)
+            member = org is not None and _member(s, caller, org)
+            rows, total = q.datasets_of_org(
+                s, org.id, public_only=not member, skip=skip_n, take=take_n
+            ) if org is not None else ([], 0)
+            if org is None or (not member and total == 0):
+                raise NotFound(_not_found(f"org '{org_slug}'", caller))
+            items = [self._ref(org, ds, can_write=member).describe() for ds in rows]
+        return page(items, total, skip_n, take_n)
 
     # files ----------------------------------------------------------------------------------
     def file_path(self, ref: DatasetRef, path: str) -> Path:

@@ -5,6 +5,7 @@ Adding a tool is one module in ``tools/`` plus one line in :data:`BUILTIN_TOOLS`
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -108,7 +109,7 @@ class Registry:
     def get(self, tool_id: str, version: str | None = None) -> RegisteredTool:
         versions = self._tools.get(str(tool_id).lower())
         if not versions:
-            raise BadRequest(f"unknown tool '{tool_id}'")
+            raise self._unknown(str(tool_id))
         if version is None or version == "":
             return versions[max(versions, key=version_key)]
         tool = versions.get(str(version))
@@ -116,6 +117,16 @@ class Registry:
             known = ", ".join(sorted(versions, key=version_key))
             raise BadRequest(f"tool '{tool_id}' has no version '{version}' (known: {known})")
         return tool
+
+    def _unknown(self, tool_id: str) -> BadRequest:
+        """400 for a tool id nobody registered: the closest ids suggested, the known listed."""
+        known = sorted(self._tools)
+        close = difflib.get_close_matches(tool_id.lower(), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return BadRequest(
+            f"unknown tool '{tool_id}' ({hint}known: {', '.join(known)})",
+            details={"knownTools": known, **({"suggestion": close[0]} if close else {})},
+        )
 
     def all(self) -> list[RegisteredTool]:
         return [t for versions in self._tools.values() for t in versions.values()]

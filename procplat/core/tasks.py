@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import anyio
 
 from procplat.core.auth import Principal, require_admin, require_user
 from procplat.core.datasets import DatasetRef, Datasets
+from procplat.core.paging import clamp_take, int_param, page
 from procplat.core.registry import RegisteredTool, Registry
 from procplat.core.supervisor import Supervisor
 from procplat.core.task_views import LOG_TAIL_LINES, task_json, task_urls
@@ -38,7 +40,7 @@ STATES = [
 ]
 STATE_NAMES = {name for name, _ in STATES}
 BULK_DOWNLOAD_TOOLS = {"bulk-download"}
-MAX_TAKE = 200
+TASK_ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,24 +56,6 @@ def canonical_json(value: Any) -> str:
 def request_hash(tool_id: str, version: str, params: dict[str, Any]) -> str:
     text = f"{tool_id}|{version}|{canonical_json(params)}"
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-SQL_INT_MAX = 2**31 - 1  # numbers from a query meet the index's 32-bit integer columns
-
-
-def int_param(value: Any, name: str, default: int) -> int:
-    """A query parameter as an integer within what SQL takes (400 when not an integer)."""
-    try:
-        number = int(value if value is not None else default)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be an integer") from None
-    return max(-SQL_INT_MAX, min(SQL_INT_MAX, number))
-
-
-def clamp_take(skip: Any, take: Any) -> tuple[int, int]:
-    skip_n = max(0, int_param(skip, "skip", 0))
-    take_n = int_param(take, "take", 50)
-    return skip_n, min(MAX_TAKE, max(1, take_n))
 
 
 class Tasks:
@@ -233,14 +217,19 @@ class Tasks:
 
     def list(
         self, caller: Principal | None, org: str, ds: str, tool_id: str | None, state: str | None,
-        skip: Any, take: Any,
+        skip: Any, take: Any, id_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The dataset's tasks, newest first; ``id_prefix`` (the ``taskId`` filter) keeps
+        those whose id starts with it, which is how a client resolves a short id."""
         ref = self.datasets.open(caller, org, ds, "Read")
         skip_n, take_n = clamp_take(skip, take)
         self._check_state(state)
+        if id_prefix is not None and not TASK_ID_PREFIX.match(id_prefix.lower()):
+            raise BadRequest("taskId must be the start of a task id (hex digits and '-')")
         with self.db.read() as s:
             rows, _total = q.list_tasks(
-                s, dataset_id=ref.dataset_id, tool_id=tool_id, state=state, skip=skip_n, take=take_n
+                s, dataset_id=ref.dataset_id, tool_id=tool_id, state=state, skip=skip_n,
+                take=take_n, id_prefix=id_prefix.lower() if id_prefix else None,
             )
             return [self._status(s, t, ref.org_slug, ref.slug) for t in rows]
 
@@ -258,7 +247,7 @@ class Tasks:
             )
             slugs = self._slugs(s, {t.dataset_id for t in rows})
             items = [self._status(s, t, *slugs[t.dataset_id]) for t in rows]
-        return {"items": items, "total": total, "skip": skip_n, "take": take_n}
+        return page(items, total, skip_n, take_n)
 
     def _slugs(self, s: Any, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
         refs = (self.datasets.ref_of(s, dataset_id) for dataset_id in dataset_ids)

@@ -240,8 +240,11 @@ def list_tasks(
     user_id: int | None = None,
     skip: int = 0,
     take: int = 50,
+    id_prefix: str | None = None,
 ) -> tuple[Sequence[Task], int]:
     conditions = []
+    if id_prefix:
+        conditions.append(Task.id.startswith(id_prefix, autoescape=True))
     if dataset_id is not None:
         conditions.append(Task.dataset_id == dataset_id)
     if tool_id:
@@ -325,3 +328,62 @@ def expired_artifacts(s: Session, now: datetime) -> Sequence[Artifact]:
     return s.scalars(
         select(Artifact).where(~Artifact.expired, Artifact.expires_at <= now)
     ).all()
+
+
+# listing orgs and datasets ------------------------------------------------------------------
+def _org_visible_to(user_id: int | None) -> Any:
+    """An org is visible when it has a public dataset, or to its owner and members."""
+    public = (
+        select(Dataset.id)
+        .where(Dataset.org_id == Org.id, Dataset.visibility == "public")
+        .exists()
+    )
+    if user_id is None:
+        return public
+    member = select(Member.user_id).where(Member.org_id == Org.id, Member.user_id == user_id).exists()
+    return or_(public, Org.owner_id == user_id, member)
+
+
+def visible_orgs(
+    s: Session, *, user_id: int | None, everything: bool, skip: int, take: int
+) -> tuple[list[tuple[Org, str]], int]:
+    """A page of the orgs a caller may see (all of them with ``everything``), by slug, each
+    with its owner's username; and how many there are in all."""
+    conditions = [] if everything else [_org_visible_to(user_id)]
+    total = s.scalar(select(func.count()).select_from(Org).where(*conditions)) or 0
+    rows = s.execute(
+        select(Org, User.username)
+        .join(User, User.id == Org.owner_id)
+        .where(*conditions)
+        .order_by(Org.slug)
+        .offset(skip)
+        .limit(take)
+    ).all()
+    return [(org, username) for org, username in rows], total
+
+
+def datasets_of_org(
+    s: Session, org_id: int, *, public_only: bool, skip: int, take: int
+) -> tuple[Sequence[Dataset], int]:
+    """A page of an org's datasets (its public ones only with ``public_only``), by slug."""
+    conditions = [Dataset.org_id == org_id]
+    if public_only:
+        conditions.append(Dataset.visibility == "public")
+    total = s.scalar(select(func.count()).select_from(Dataset).where(*conditions)) or 0
+    rows = s.scalars(
+        select(Dataset).where(*conditions).order_by(Dataset.slug).offset(skip).limit(take)
+    ).all()
+    return rows, total
+
+
+# tokens of one user -------------------------------------------------------------------------
+def has_token(s: Session, user_id: int, token_hash: str) -> bool:
+    return s.scalar(
+        select(Token.token_hash).where(Token.user_id == user_id, Token.token_hash == token_hash)
+    ) is not None
+
+
+def replace_tokens(s: Session, user_id: int, token_hash: str, now: datetime) -> None:
+    """Revoke every token of the user and give it this one."""
+    s.execute(delete(Token).where(Token.user_id == user_id))
+    s.add(Token(token_hash=token_hash, user_id=user_id, created_at=now))
