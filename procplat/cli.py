@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "token", [], "manage API tokens on the service's host",
         "Tokens of users, handled in the service's own index (no HTTP, no token needed); see "
         "procplat token reset --help.",
-        "  export PROCPLAT_ADMIN_TOKEN=$(procplat token reset admin)",
+        "  procplat token reset admin",
     )
     sub = p.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
     q = _add(
@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
         "service's settings name (PROCPLAT_DATA, else ./procplat-data; PROCPLAT_DATABASE_URL; "
         "PROCPLAT_CONFIG), so run it where the service runs, with the same settings. This is "
         "how a lost admin token is recovered.",
-        "  export PROCPLAT_ADMIN_TOKEN=$(procplat token reset admin)",
+        "  procplat token reset admin\n"
+        "  export PROCPLAT_ADMIN_TOKEN=$(procplat token reset admin)   # in a shell",
     )
     q.add_argument("username", metavar="USER", help="the user, e.g. admin")
     q.set_defaults(run=token_reset)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from procplat.cli import build_parser, main, param_arg
+from procplat import client as pc
+from procplat.cli import UsageError, build_parser, main, param_arg, resolve_task_id
 from tests.conftest import World
 from tests.test_tasks_api import big_text
 
@@ -198,3 +199,65 @@ def test_exit_codes_for_failed_and_cancelled_tasks_and_http_errors(
                          "--force", "--wait", "--timeout", "0.3", "-q", world=world)
     assert timed_out.returncode == 1 and "after 0.3 s" in timed_out.stderr, timed_out.stderr
     world.user.delete(f"{world.tasks_url}/{timed_out.stdout.strip()}")
+
+
+@ON_ONE_SERVER
+def test_tasks_log_follow_into_head_exits_quietly_when_head_closes_the_pipe(world: World) -> None:
+    ds = f"{world.org}/{world.ds}"
+    world.upload("slow/big.txt", big_text(60_000_000))
+    task_id = world.submit("bulk-download", {"paths": ["slow"]}).json()["taskId"]
+    world.wait(task_id, states=("Processing",))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCPLAT_")}
+    env |= {"PROCPLAT_URL": world.server.url, "PROCPLAT_TOKEN": world.token}
+    follow = subprocess.Popen(  # a unique 8-character prefix, resolved by the service
+        [sys.executable, "-m", "procplat.cli", "tasks", "log", "--ds", ds, "--follow",
+         task_id[:8]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    head = subprocess.Popen(["head", "-1"], stdin=follow.stdout, stdout=subprocess.PIPE)
+    assert follow.stdout is not None
+    follow.stdout.close()  # head holds the pipe's only reading end
+    first, _ = head.communicate(timeout=60)
+    assert head.returncode == 0 and first.decode().startswith("[")
+    # head is gone; the task's next line ("Cancelled ...") meets a closed pipe
+    assert world.user.delete(f"{world.tasks_url}/{task_id}").status_code == 200
+    _, errors = follow.communicate(timeout=60)
+    assert follow.returncode == 0, errors
+    assert errors.decode() == ""
+
+
+def test_a_task_id_prefix_resolves_to_its_one_task_or_is_a_usage_error() -> None:
+    ids = ["0b6f12ab-1111-4000-8000-000000000000", "0b6f12ab-2222-4000-8000-000000000000"]
+    assert resolve_task_id("0b6f12ab-1", ids[:1]) == ids[0]
+    with pytest.raises(UsageError) as ambiguous:
+        resolve_task_id("0b6f12ab", ids)
+    assert "ambiguous" in str(ambiguous.value) and all(i in str(ambiguous.value) for i in ids)
+    with pytest.raises(UsageError, match=r"\.\.\.$"):
+        resolve_task_id("0b6f12ab", ids, more=True)  # more matches than are listed
+    with pytest.raises(UsageError, match="at least its first 8 characters"):
+        resolve_task_id("0b6f12a", ids)
+    with pytest.raises(pc.NotFound, match="no task's id starts with '0b6f12ac'"):
+        resolve_task_id("0b6f12ac", [])
+
+
+@ON_ONE_SERVER
+def test_tasks_commands_take_a_unique_prefix_of_8_or_more_characters(world: World) -> None:
+    ds = f"{world.org}/{world.ds}"
+    world.upload("p.txt", b"p")
+    task_id = world.submit("bulk-download", {"paths": ["p.txt"]}).json()["taskId"]
+    world.wait(task_id)
+    for given in (task_id[:8], task_id[:13].upper(), task_id):
+        shown = procplat("tasks", "status", "--ds", ds, given, world=world)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[0] == f"task:     {task_id}"
+    short = procplat("tasks", "log", "--ds", ds, task_id[:7], world=world)
+    assert short.returncode == 2 and "at least its first 8 characters" in short.stderr
+    other = "f" * 8 if not task_id.startswith("f") else "0" * 8
+    unknown = procplat("tasks", "cancel", "--ds", ds, other, world=world)
+    assert unknown.returncode == 3 and f"no task's id starts with '{other}'" in unknown.stderr
+
+    found = world.user.get(world.tasks_url, params={"taskId": task_id[:8]}).json()
+    assert [t["taskId"] for t in found] == [task_id]
+    assert world.user.get(world.tasks_url, params={"taskId": other}).json() == []
+    bad = world.user.get(world.tasks_url, params={"taskId": "%_"})
+    assert bad.status_code == 400 and "taskId" in bad.json()["error"]
