@@ -134,8 +134,8 @@ def test_an_unknown_tool_lists_the_known_ones_and_suggests_the_closest(world: Wo
     body = response.json()
     assert "unknown tool 'raster-exprot' (did you mean 'raster-export'? known: " in body["error"]
     assert "align-raster" in body["error"] and "bulk-download" in body["error"]
-    assert body["details"]["suggestion"] == "raster-export"
-    assert "archive-extract" in body["details"]["knownTools"]
+    known = world.server.client(None).get("/sys/features").json()["taskTools"]
+    assert body["error"].endswith(f"known: {', '.join(sorted(known))})")
     far = world.submit("zzzz", {}).json()
     assert "did you mean" not in far["error"] and "known: align-raster" in far["error"]
 

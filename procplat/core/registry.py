@@ -119,14 +119,12 @@ class Registry:
         return tool
 
     def _unknown(self, tool_id: str) -> BadRequest:
-        """400 for a tool id nobody registered: the closest ids suggested, the known listed."""
+        """400 for a tool id nobody registered: the closest id suggested, the known listed
+        (``details`` stays the list of schema errors it is elsewhere, so it is not used)."""
         known = sorted(self._tools)
         close = difflib.get_close_matches(tool_id.lower(), known, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        return BadRequest(
-            f"unknown tool '{tool_id}' ({hint}known: {', '.join(known)})",
-            details={"knownTools": known, **({"suggestion": close[0]} if close else {})},
-        )
+        return BadRequest(f"unknown tool '{tool_id}' ({hint}known: {', '.join(known)})")
 
     def all(self) -> list[RegisteredTool]:
         return [t for versions in self._tools.values() for t in versions.values()]
