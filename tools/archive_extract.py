@@ -9,8 +9,8 @@ How a run goes:
 1. **Check and stage** (phase ``extracting``). Every member is checked before its data is
    read (zip and 7z: all members, from the central directory, before any data): an unsafe
    name (absolute, drive letter, backslash, ``..``, NUL or other control characters, into
-   ``.ddb``; see :func:`tools.safepath.normalize_relpath`), a symlink, hardlink, device, FIFO
-   or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
+   ``.ddb``, a name or target path too long for the dataset's file system; see
+   :mod:`tools.safepath`), a symlink, hardlink, device, FIFO or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
    ignoring case, since the dataset may be copied to a case-insensitive file system), a name
    that is both a file and a folder, or overlapping zip entries fails the whole task with an
    error naming the member. Data is streamed in 64 KiB reads into numbered files in a fresh
