@@ -135,11 +135,14 @@ def test_the_root_counts_as_it_resolves_through_a_symlink(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("method", ["PUT", "GET", "HEAD", "DELETE"])
 def test_file_routes_refuse_a_path_too_long_for_the_file_system(world: World, method: str) -> None:
+    assert len(LONG) <= 1024 and len(LONG.encode()) == 4047  # within the documented limits
     response = world.user.request(method, files_url(world, LONG), content=b"x" if method == "PUT" else None)
     assert response.status_code == 400, response.text
     if method != "HEAD":
-        assert PATH_LIMIT in response.json()["error"]
+        error = response.json()["error"]
+        assert "path is 4047 bytes long" in error and PATH_LIMIT in error, error
     assert [p.name for p in world.root.iterdir()] == [".ddb"]
+    assert world.user.get(f"{world.ds_url}/entries").json() == []
 
 
 def test_file_routes_refuse_a_name_too_long_naming_the_limit(world: World) -> None:
