@@ -323,7 +323,7 @@ def test_single_file_archive_is_named_after_the_archive(
 ) -> None:
     body = b"x,y\n" + b"1,2\n" * 1000
     world.upload(f"tables/points.csv{suffix}", compress(body))
-    status = extract(world, {"sourcePath": f"tables/points.csv{suffix}"})
+    status = extract(world, {"sourcePath": f"tables/points.csv{suffix}", "destPath": "tables"})
     assert status["state"] == "Succeeded", status
     assert (world.root / "tables" / "points.csv").read_bytes() == body
     entry = entries(world, path="tables")["tables/points.csv"]
@@ -332,6 +332,21 @@ def test_single_file_archive_is_named_after_the_archive(
 
 
 # --- everyday behaviours ---------------------------------------------------------------------
+
+
+def test_dest_path_defaults_to_the_dataset_root(world: World) -> None:
+    """SPEC §4: "destPath defaults to the dataset root", wherever the archive is."""
+    world.upload("a/b/x.zip", zip_of(("top.txt", b"top"), ("docs/readme.md", b"# hi")))
+    status = extract(world, {"sourcePath": "a/b/x.zip"})
+    assert status["state"] == "Succeeded", status
+    assert (world.root / "top.txt").read_bytes() == b"top"
+    assert (world.root / "docs" / "readme.md").read_bytes() == b"# hi"
+    assert sorted(p.name for p in (world.root / "a" / "b").iterdir()) == ["x.zip"]
+    listed = entries(world)
+    assert {"top.txt", "docs", "docs/readme.md"} <= set(listed)
+    assert not any(path.startswith("a/b/") and path != "a/b/x.zip" for path in listed)
+    single = extract(world, {"sourcePath": "a/b/x.zip", "destPath": None})  # null = the default
+    assert single["state"] == "Succeeded" and single["result"]["skipped"] == 2, single
 
 
 def test_existing_files_are_skipped_unless_overwrite(world: World) -> None:
@@ -358,7 +373,7 @@ def test_delete_archive_removes_it_only_after_success(world: World, outside: Pat
     assert status["state"] == "Succeeded", status
     assert not (world.root / "in" / "good.tar.gz").exists()
     listed = entries(world)
-    assert "in/good.tar.gz" not in listed and listed["in/a.txt"]["type"] == "generic"
+    assert "in/good.tar.gz" not in listed and listed["a.txt"]["type"] == "generic"
     assert any("Deleted in/good.tar.gz" in line for line in log_of(world, status))
 
     world.upload("in/bad.tar.gz", tar_of(("b.txt", b"b"), ("../escape.txt", b"x")))

@@ -151,8 +151,8 @@ FILE_PATHS = [
     (".DDB/{n}", ".ddb"),
     ("./.ddb/{n}", ".ddb"),
     ("%2e", "empty"),
-    ("{long}", "too long"),
-    ("sub/{long}/{n}", "too long"),
+    ("{long}", "a name may have at most 255 bytes"),
+    ("sub/{long}/{n}", "a name may have at most 255 bytes"),
 ]
 FILE_PATH_IDS = [p for p, _ in FILE_PATHS]
 

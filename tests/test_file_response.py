@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 import httpx
@@ -27,7 +28,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from procplat.api import file_response as file_response_module
-from procplat.api.file_response import FileChangedError, file_response, parse_range_header
+from procplat.api.file_response import (
+    FileChangedError,
+    ascii_filename,
+    file_response,
+    parse_range_header,
+)
 from procplat.errors import NotFound
 
 SIZE = 100_000
@@ -408,6 +414,60 @@ def test_control_characters_in_filename_cannot_inject_headers(data_file: Path) -
     response = get(client)
     assert "x-evil" not in response.headers
     assert "%0D%0A" in response.headers["content-disposition"]
+
+
+# (hostile name, its ASCII fallback): compatibility forms of separators and dots, dots,
+# nothing, control characters, quotes, CR/LF, percent signs
+HOSTILE_NAMES = [
+    ("\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.zip", "_._evil.zip"),  # ．．／．．／ → ../../
+    ("\uff0fetc\uff0fpasswd.tif", "_etc_passwd.tif"),  # ／ FULLWIDTH SOLIDUS → /
+    ("\u2025\uff0f\u2025\uff0fevil.tif", "_._evil.tif"),  # ‥ TWO DOT LEADER → ..
+    ("\u2025", "download"),
+    ("\u2024", "download"),  # ․ ONE DOT LEADER → .
+    ("a\u2215b.txt", "a_b.txt"),  # ∕ DIVISION SLASH (no compatibility form)
+    ("a\u29f8b.txt", "a_b.txt"),  # ⧸ BIG SOLIDUS
+    ("a\ufe68b.txt", "a_b.txt"),  # ﹨ SMALL REVERSE SOLIDUS → \\
+    ("a\uff3cb.txt", "a_b.txt"),  # ＼ FULLWIDTH REVERSE SOLIDUS → \\
+    ("..", "download"),
+    (".", "download"),
+    ("", "download"),
+    ("...tif", "tif"),
+    (".hidden", "hidden"),
+    ("trailing. ", "trailing"),
+    ("a..b.txt", "a.b.txt"),
+    ("a\x00b\x1f\x7f.txt", "a_b__.txt"),
+    ('say "hi".txt', "say _hi_.txt"),
+    ("a\r\nb.txt", "a__b.txt"),
+    ("%2e%2e%2fevil.txt", "_2e_2e_2fevil.txt"),  # some recipients percent-decode
+    ("\uff05\uff12\uff46.txt", "_2f.txt"),  # ％２ｆ
+    ("C:\\evil.txt", "C__evil.txt"),  # a drive, and a separator
+]
+
+
+@pytest.mark.parametrize(("name", "fallback"), HOSTILE_NAMES,
+                         ids=[n.encode("unicode_escape").decode() or "empty" for n, _ in HOSTILE_NAMES])
+def test_ascii_fallback_is_a_plain_base_name(name: str, fallback: str) -> None:
+    assert ascii_filename(name) == fallback
+    assert fallback.isascii() and fallback not in ("", ".", "..")
+    assert not any(c in fallback for c in '/\\"%') and not fallback.startswith(".")
+    assert ".." not in fallback
+    assert all(" " <= c <= "~" for c in fallback)
+
+
+@pytest.mark.parametrize("name", [n for n, _ in HOSTILE_NAMES if n],
+                         ids=[n.encode("unicode_escape").decode() for n, _ in HOSTILE_NAMES if n])
+def test_filename_star_keeps_the_exact_name_beside_the_fallback(data_file: Path, name: str) -> None:
+    header = get(client_for(data_file, filename=name, attachment=True)).headers["content-disposition"]
+    fallback = header.split('filename="', 1)[1].split('"', 1)[0]
+    assert fallback == ascii_filename(name)
+    exact = header.split("filename*=UTF-8''", 1)[1]
+    assert unquote(exact, errors="strict") == name
+    assert not any(c in exact for c in "/\\\"; \r\n")
+
+
+def test_percent_sign_alone_still_gets_the_exact_name(data_file: Path) -> None:
+    header = get(client_for(data_file, filename="100%.csv")).headers["content-disposition"]
+    assert header == "inline; filename=\"100_.csv\"; filename*=UTF-8''100%25.csv"
 
 
 @pytest.mark.parametrize(

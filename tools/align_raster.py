@@ -89,14 +89,14 @@ SPEC = ToolSpec(
 
 
 def _input(root: Path, params: dict[str, Any], key: str) -> Path:
-    path = resolve_in_dataset(root, params[key])
+    path = resolve_in_dataset(root, params[key], what=key)
     if not path.is_file():
         raise InvalidParams(f"{key} '{params[key]}' does not exist")
     return path
 
 
 def output_relpath(params: dict[str, Any]) -> str:
-    rel = normalize_relpath(params["outputPath"])
+    rel = normalize_relpath(params["outputPath"], what="outputPath")
     if not rel.lower().endswith((".tif", ".tiff")):
         raise InvalidParams(f"outputPath '{rel}' must end in .tif or .tiff (it is a COG)")
     for key in ("sourcePath", "referencePath"):
@@ -134,7 +134,7 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     source = _input(dataset_root, params, "sourcePath")
     reference = _input(dataset_root, params, "referencePath")
     rel = output_relpath(params)
-    resolve_in_dataset(dataset_root, rel)
+    resolve_in_dataset(dataset_root, rel, what="outputPath")
     found = lstat_in_dataset(dataset_root, rel)  # no file or symlink among its folders
     if found is not None and stat.S_ISDIR(found.st_mode):
         raise InvalidParams(f"outputPath '{rel}' is a folder")

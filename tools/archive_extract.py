@@ -2,15 +2,15 @@
 
 Formats (by suffix, case-insensitive): zip (ZIP64 too), tar, tar.gz/tgz, tar.bz2, tar.xz, 7z
 (py7zr), and single-file .gz/.bz2/.xz, which become one file named after the archive minus its
-suffix. ``destPath`` defaults to the archive's folder.
+suffix. ``destPath`` defaults to the dataset root.
 
 How a run goes:
 
 1. **Check and stage** (phase ``extracting``). Every member is checked before its data is
    read (zip and 7z: all members, from the central directory, before any data): an unsafe
    name (absolute, drive letter, backslash, ``..``, NUL or other control characters, into
-   ``.ddb``; see :func:`tools.safepath.normalize_relpath`), a symlink, hardlink, device, FIFO
-   or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
+   ``.ddb``, a name or target path too long for the dataset's file system; see
+   :mod:`tools.safepath`), a symlink, hardlink, device, FIFO or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
    ignoring case, since the dataset may be copied to a case-insensitive file system), a name
    that is both a file and a folder, or overlapping zip entries fails the whole task with an
    error naming the member. Data is streamed in 64 KiB reads into numbered files in a fresh
@@ -79,6 +79,7 @@ from tools.safepath import (
     lstat_in_dataset,
     normalize_relpath,
     open_folder_nofollow,
+    path_limits,
     resolve_in_dataset,
 )
 from tools.staging import staging_folder
@@ -103,7 +104,7 @@ SPEC = ToolSpec(
                            "description": "The archive entry (zip, tar[.gz|.bz2|.xz], tgz, 7z, "
                                           ".gz, .bz2, .xz)."},
             "destPath": {"type": ["string", "null"], "maxLength": 1024,
-                         "description": "Folder to extract into; default: the archive's folder."},
+                         "description": "Folder to extract into; default: the dataset root."},
             "deleteArchive": {"type": ["boolean", "null"],
                               "description": "Remove the archive after a successful extraction."},
             "overwrite": {"type": ["boolean", "null"],
@@ -122,22 +123,21 @@ def parse(params: dict[str, Any], dataset_root: Path, *, must_exist: bool = True
     if not isinstance(requested, str):
         raise InvalidParams("sourcePath must be a string")
     source_rel = normalize_relpath(requested, what="sourcePath")
-    source = resolve_in_dataset(dataset_root, source_rel)
+    source = resolve_in_dataset(dataset_root, source_rel, what="sourcePath")
     if must_exist and not source.exists():
         raise InvalidParams(f"sourcePath '{source_rel}' does not exist")
     if must_exist and not source.is_file():
         raise InvalidParams(f"sourcePath '{source_rel}' is not a file")
     fmt, suffix = archive_format(PurePosixPath(source_rel).name)
     dest = params.get("destPath")
-    if dest is None:
-        dest = PurePosixPath(source_rel).parent.as_posix()
-    dest_rel = normalize_relpath(dest, allow_root=True, what="destPath")
-    dest_path = resolve_in_dataset(dataset_root, dest_rel, allow_root=True)
+    dest_rel = normalize_relpath("" if dest is None else dest, allow_root=True, what="destPath")
+    dest_path = resolve_in_dataset(dataset_root, dest_rel, allow_root=True, what="destPath")
     if dest_path.exists() and not dest_path.is_dir():
         raise InvalidParams(f"destPath '{dest_rel}' is a file, not a folder")
     request = Request(
         source_rel=source_rel, source=source, fmt=fmt, suffix=suffix, dest_rel=dest_rel,
         delete_archive=bool(params.get("deleteArchive")), overwrite=bool(params.get("overwrite")),
+        limits=path_limits(dataset_root),
     )
     if fmt in SINGLE_FILE and request.single_name in ("", ".", ".."):
         raise InvalidParams(f"'{source_rel}' has no name left once '{suffix}' is removed")

@@ -30,7 +30,7 @@ from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
 from tools.contract import InvalidParams, Reporter, ToolError
-from tools.safepath import UnsafePath, normalize_relpath
+from tools.safepath import PathLimits, UnsafePath, normalize_relpath
 
 READ_CHUNK = 64 * 1024  # small reads bound the libraries' read-ahead (see the ratio cap)
 MAX_ENTRIES = 20_000
@@ -71,6 +71,8 @@ class Request:
     dest_rel: str
     delete_archive: bool
     overwrite: bool
+    limits: PathLimits
+    """The dataset's name and path lengths, which every target must fit."""
 
     @property
     def single_name(self) -> str:
@@ -174,6 +176,7 @@ class Stage:
             dest = self.request.dest_rel
             target = normalize_relpath(f"{dest}/{rel}" if dest else rel, allow_root=True,
                                        what="archive member")
+            self.request.limits.check(target, what=f"archive member '{shown}': its target")
         except UnsafePath as exc:
             raise ToolError(f"unsafe {exc}") from None
         if kind == "dir":

@@ -258,15 +258,15 @@ def _resolve(params: dict[str, Any], root: Path) -> _Paths:
             f"merge-multispectral needs at least {MIN_INPUTS} input rasters in 'paths', "
             f"got {len(raw)}"
         )
-    labels = [normalize_relpath(p) for p in raw]
-    inputs = [resolve_in_dataset(root, p) for p in labels]
+    labels = [normalize_relpath(p, what="paths entry") for p in raw]
+    inputs = [resolve_in_dataset(root, p, what="paths entry") for p in labels]
     for i, label in enumerate(labels):
         if label in labels[:i]:
             raise InvalidParams(f"input '{label}' is listed twice")
     output_rel = normalize_relpath(params["outputPath"], what="outputPath")
     if not output_rel.lower().endswith(OUTPUT_SUFFIXES):
         raise InvalidParams(f"outputPath '{output_rel}' must end in .tif or .tiff")
-    output = resolve_in_dataset(root, output_rel)
+    output = resolve_in_dataset(root, output_rel, what="outputPath")
     try:
         found = lstat_in_dataset(root, output_rel)  # no symlink or file among its folders
     except UnsafePath as exc:

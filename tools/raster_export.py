@@ -28,7 +28,7 @@ from tools.contract import (
 )
 from tools.fanout import StopSignal
 from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, plan_export, render
-from tools.safepath import output_file_name, resolve_in_dataset
+from tools.safepath import derived_file_name, output_file_name, resolve_in_dataset
 
 RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
 NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
@@ -72,7 +72,7 @@ def output_name(params: dict[str, Any]) -> str:
     """The artifact name: ``fileName`` (a base name) or ``<stem>_export.tif``."""
     requested = params.get("fileName")
     if requested is None:
-        return f"{Path(str(params['path'])).stem}_export.tif"
+        return derived_file_name(Path(str(params["path"])).stem, "_export.tif")
     return output_file_name(requested, what="fileName", suffixes=(".tif", ".tiff"))
 
 

@@ -9,7 +9,17 @@ goes through :func:`file_response`.  Behaviour, by RFC 9110 section:
   :mod:`mimetypes`, else ``application/octet-stream``; a compressed suffix such
   as ``.tar.gz`` gives the compression's type, never a ``Content-Encoding``) and
   ``Content-Disposition`` (``attachment`` or ``inline`` with ``filename="..."``
-  and, when the name is not plain ASCII, ``filename*=UTF-8''...``).
+  and, when that fallback is not the name itself, ``filename*=UTF-8''...``,
+  RFC 6266 §4.3 / RFC 8187, which carries the exact name).
+* The ASCII ``filename`` fallback is always a plain base name (RFC 6266 §4.3:
+  recipients must not use directory information; this one never carries any):
+  accents are stripped by compatibility decomposition, but what that turns into
+  a separator (``／`` U+FF0F → ``/``, ``﹨`` U+FE68 → ``\\``; ``:`` too, a drive
+  or a separator elsewhere) becomes ``_``, as do ``%`` (some recipients
+  percent-decode, Appendix D), quotes and control characters; runs of dots
+  collapse to one and leading or trailing dots and spaces go (``‥`` U+2025 →
+  ``..``), so it is never a dot-segment or a hidden file; a name with no letter
+  or digit left becomes :data:`FALLBACK_NAME`.
 * HEAD gets exactly the headers GET would get, and no body.
 * ``If-None-Match`` (``*`` or a list of tags, weak comparison) matching → 304
   with ``ETag`` and ``Last-Modified``.  ``If-Modified-Since`` is honoured only
@@ -79,13 +89,24 @@ from starlette.responses import Response, StreamingResponse
 
 from procplat.errors import NotFound
 
-__all__ = ["CHUNK_SIZE", "MAX_RANGES", "FileChangedError", "file_response", "parse_range_header"]
+__all__ = [
+    "CHUNK_SIZE",
+    "FALLBACK_NAME",
+    "MAX_RANGES",
+    "FileChangedError",
+    "ascii_filename",
+    "file_response",
+    "parse_range_header",
+]
 
 CHUNK_SIZE = 256 * 1024
 """Bytes read from disk and sent per body message."""
 
 MAX_RANGES = 100
 """A Range header with more range specs than this is ignored (full 200)."""
+
+FALLBACK_NAME = "download"
+"""The ASCII ``filename`` of a name with no letter or digit left in ASCII."""
 
 _DEFAULT_MEDIA_TYPE = "application/octet-stream"
 _ENCODING_MEDIA_TYPES = {
@@ -101,6 +122,8 @@ _INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")
 _SUFFIX_RANGE = re.compile(r"-([0-9]+)")
 # RFC 5987 attr-char punctuation; quote() always keeps ALPHA / DIGIT / "_.-~".
 _ATTR_CHAR_PUNCT = "!#$&+^`|"
+_NOT_IN_FALLBACK = re.compile(r"[/\\:%]")
+_DOT_RUN = re.compile(r"\.{2,}")
 _CONDITIONAL_METHODS = frozenset({"GET", "HEAD"})
 
 # A body is a sequence of literal byte strings and (start, end) file spans,
@@ -245,16 +268,19 @@ def _content_disposition(filename: str | None, attachment: bool) -> str | None:
     kind = "attachment" if attachment else "inline"
     if filename is None:
         return kind if attachment else None
-    fallback = _ascii_fallback(filename)
+    fallback = ascii_filename(filename)
     value = f'{kind}; filename="{fallback}"'
     if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe=_ATTR_CHAR_PUNCT)}"
     return value
 
 
-def _ascii_fallback(filename: str) -> str:
-    """Quoted-string-safe ASCII version: accents stripped, the rest as ``_``."""
-    return "".join(_ascii_char(ch) for ch in filename)
+def ascii_filename(filename: str) -> str:
+    """The ``filename`` fallback of ``filename``: a quoted-string-safe ASCII base name,
+    never a path, a dot-segment, a hidden name or empty (see the module docstring)."""
+    transliterated = "".join(_ascii_char(ch) for ch in filename)
+    plain = _DOT_RUN.sub(".", _NOT_IN_FALLBACK.sub("_", transliterated)).strip(" .")
+    return plain if any(ch.isalnum() for ch in plain) else FALLBACK_NAME
 
 
 def _ascii_char(ch: str) -> str:

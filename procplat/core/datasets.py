@@ -360,6 +360,8 @@ class Datasets:
         self, ref: DatasetRef, folder: str | None, entry_type: str | None, recursive: bool
     ) -> list[dict[str, Any]]:
         rel = user_path(folder or "", allow_root=True)
+        if rel:
+            self.file_path(ref, rel)  # a path the dataset's disk cannot hold is refused (400)
         if entry_type is not None and entry_type not in ENTRY_TYPES:
             raise BadRequest(f"unknown entry type '{entry_type}' (known: {', '.join(ENTRY_TYPES)})")
         with self.db.read() as s:
