@@ -72,7 +72,9 @@ pids=$run/pids logs=$run/logs
 
 # --- processes: each in its own session, its pid file "PID STARTTIME" -------------------------
 
-start_time() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null || true; }
+start_time() {  # field 22 of /proc/PID/stat, counted after the command name in parentheses
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20 || true
+}
 
 launch() {  # launch NAME COMMAND...: run COMMAND detached, logging to logs/NAME.log
   local name=$1
@@ -84,13 +86,20 @@ launch() {  # launch NAME COMMAND...: run COMMAND detached, logging to logs/NAME
   echo "$pid $(start_time "$pid")" >"$pids/$name.pid"
 }
 
-group_alive() {  # group_alive PIDFILE: the process group started from PIDFILE still has members
-  local pid started
+group_alive() {  # group_alive PIDFILE: the process group started from PIDFILE still runs
+  local pid started stat line fields
   read -r pid started <"$1" || return 1
   if [ -e "/proc/$pid" ] && [ "$(start_time "$pid")" != "$started" ]; then
     return 1  # the pid now belongs to another process: ours is long gone
   fi
-  kill -0 -- "-$pid" 2>/dev/null
+  # A member of the group that is not a zombie (an ended process its parent has not reaped
+  # yet does not count: it runs nothing and holds nothing but its pid).
+  for stat in /proc/[0-9]*/stat; do
+    { read -r line <"$stat"; } 2>/dev/null || continue
+    read -r -a fields <<<"${line##*) }"
+    [ "${fields[2]}" = "$pid" ] && [ "${fields[0]}" != Z ] && return 0
+  done
+  return 1
 }
 
 stop_group() {  # stop_group PIDFILE SECONDS: SIGTERM the group, SIGKILL what is left after SECONDS
@@ -106,7 +115,11 @@ stop_group() {  # stop_group PIDFILE SECONDS: SIGTERM the group, SIGKILL what is
     if group_alive "$file"; then
       echo "local-cluster: $(basename "$file" .pid) did not stop in ${seconds}s, killing it" >&2
       kill -KILL -- "-$pid" 2>/dev/null || true
-      while group_alive "$file"; do sleep 0.1; done
+      waited=0
+      while group_alive "$file" && [ $waited -lt 100 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+      done
     fi
   fi
   rm -f "$file"
