@@ -152,6 +152,9 @@ as_postgres() {  # PostgreSQL refuses to run as root: use its own user then
 
 start_postgres() {
   local bin pgdata=$run/postgres
+  # Each replica keeps up to 30 connections (a pool of 10 + 20 overflow), plus room for psql.
+  local connections=$((30 * replicas + 20))
+  [ $connections -ge 100 ] || connections=100
   bin=$(pg_bin)
   if [ ! -s "$pgdata/PG_VERSION" ]; then
     mkdir -p "$pgdata"
@@ -165,7 +168,8 @@ start_postgres() {
   touch "$logs/postgres.log"
   [ "$(id -u)" = 0 ] && chown postgres "$logs/postgres.log"
   as_postgres "$bin/pg_ctl" -D "$pgdata" -l "$logs/postgres.log" -w -t 60 start \
-    -o "-p $pg_port -k $pgdata -c listen_addresses=$host" >/dev/null || fail_start postgres
+    -o "-p $pg_port -k $pgdata -c listen_addresses=$host -c max_connections=$connections" \
+    >/dev/null || fail_start postgres
   echo "$bin" >"$run/postgres.bin"
   if ! as_postgres "$bin/psql" -h "$host" -p "$pg_port" -U procplat -d postgres -tAc \
        "SELECT 1 FROM pg_database WHERE datname = 'procplat'" | grep -q 1; then

@@ -496,3 +496,20 @@ def test_local_cluster_script_passes_shellcheck() -> None:
     result = subprocess.run([str(BIN / "shellcheck"), str(SCRIPT)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_measure_worker_memory_reports_a_peak_and_the_sizing_rule(tmp_path: Path) -> None:
+    raster = _write_rgbn(tmp_path / "small.tif", 512)
+    result = subprocess.run(
+        [sys.executable, str(CLUSTER / "measure_worker_memory.py"), str(raster), "--threads", "1",
+         "--param", "formula=NDVI", "--param", "bandFilter=RGBN"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"4 bands × 1 B, 1 threads: worker peak (\d+) MiB, rule (\d+) MiB", result.stdout)
+    assert match, result.stdout
+    # A worker process with the tools imported and a small export done: more than an
+    # interpreter, far less than the rule's budget for a full 2048² piece.
+    assert 100 < int(match[1]) < 2 * int(match[2])
+    # The rule is the one in cluster/README.md's table (4-band uint8, 1 thread: 384 MiB).
+    assert int(match[2]) == 256 + 1 * (64 + 4 * 16)
