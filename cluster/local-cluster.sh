@@ -35,7 +35,10 @@ data=./procplat-data run=./procplat-cluster host=127.0.0.1
 scheduler_port=8786 dashboard_port=8787 api_port=8000 pg_port=5432
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() {  # the comment at the top of this file
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+  exit "${1:-0}"
+}
 
 while [ $# -gt 0 ]; do
   option=$1
