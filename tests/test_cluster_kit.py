@@ -456,10 +456,19 @@ def test_the_manifests_agree_with_each_other() -> None:
     backend = rule["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "procplat-api", "port": {"name": service["ports"][0]["name"]}}
 
-    # Non-root everywhere, as the image's fixed uid.
-    for pod in (cluster["scheduler"]["spec"], worker_pod, api_pod):
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["runAsUser"] == 10001
+    # The "restricted" Pod Security Standard: not root (the image's fixed uid for procplat's
+    # pods), the runtime's seccomp profile, no privilege escalation, no capabilities.
+    job_pod = docs["Job", "procplat-db-upgrade"]["spec"]["template"]["spec"]
+    postgres_pod = docs["StatefulSet", "procplat-postgres"]["spec"]["template"]["spec"]
+    for pod in (cluster["scheduler"]["spec"], worker_pod, api_pod, job_pod, postgres_pod):
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert _containers(pod)["securityContext"] == {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        }
+        if pod is not postgres_pod:
+            assert context["runAsUser"] == 10001
 
 
 # --- Dockerfile and launcher -------------------------------------------------------------------
@@ -478,8 +487,10 @@ def test_dockerfile_is_one_non_root_image_built_from_the_wheels() -> None:
     assert [line for line in lines if line.startswith("FROM ")] == ["FROM python:3.11-slim"]
     assert "apt-get" not in text and "gdal" not in text.lower()  # GDAL comes in the wheels
     assert re.search(r'pip install --no-cache-dir "\./\[postgres\]"', text)
-    user = [line for line in lines if line.startswith("USER ")][-1]
-    assert user.split()[1].split(":")[0] not in ("root", "0")
+    user = [line for line in lines if line.startswith("USER ")][-1].split()[1].split(":")[0]
+    assert user not in ("root", "0")
+    pods = {doc["kind"]: doc for _, doc in _manifests()}
+    assert int(user) == pods["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert 'ENTRYPOINT ["procplat"]' in text and "HEALTHCHECK" in text
     # Every file the image copies exists and is let through by the build's ignore file.
     ignore = [line for line in (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
