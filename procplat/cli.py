@@ -1,7 +1,8 @@
 """The ``procplat`` command: ``procplat serve`` runs the service; the other commands are a
 client of a running service, built on :mod:`procplat.client`.
 
-    procplat serve                                   run the HTTP service
+    procplat serve [--no-migrate]                    run the HTTP service
+    procplat db upgrade|current                      the index schema's migrations
     procplat upload LOCAL [PATH] --ds org/ds          upload a file (streamed)
     procplat submit TOOL --ds org/ds --param k=v ... [--wait] [--download DEST]
     procplat tasks list|status|log|cancel|download    follow and manage tasks
@@ -37,6 +38,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from procplat.db_commands import add_db_commands
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
 
@@ -48,10 +51,18 @@ def serve(args: argparse.Namespace) -> int:
     from procplat.settings import load_settings
 
     settings = load_settings()
+    if args.no_migrate:
+        from procplat.index.migrate import SchemaNotCurrent, require_current
+
+        try:
+            require_current(settings.sqlalchemy_url)
+        except SchemaNotCurrent as exc:
+            print(f"procplat: error: {exc}", file=sys.stderr)
+            return 1
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    app = create_app(settings)
+    app = create_app(settings, migrate=not args.no_migrate)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
@@ -316,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--no-migrate", action="store_true",
+        help="do not upgrade the index schema on start; refuse to start when it is behind "
+        "(run procplat db upgrade first)",
+    )
     p.set_defaults(run=serve)
+    add_db_commands(commands)
 
     conn = [_connection_options()]
     p = _add(
@@ -426,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.run is serve:
+    if args.run is serve or args.command == "db":
         return int(args.run(args))
     from procplat.client import HTTPError, ProcplatError, TaskError
 
