@@ -45,24 +45,28 @@ EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from procplat.api.app import create_app
     from procplat.settings import load_settings
 
     settings = load_settings()
-    if args.no_migrate:
-        from procplat.index.migrate import SchemaNotCurrent, require_current
-
-        try:
-            require_current(settings.sqlalchemy_url)
-        except SchemaNotCurrent as exc:
-            print(f"procplat: error: {exc}", file=sys.stderr)
-            return 1
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    app = create_app(settings, migrate=not args.no_migrate)
+    # the schema first, before the service's heavy imports: a refusal is quick and plain
+    from procplat.index.migrate import SchemaNotCurrent, require_current, upgrade
+
+    try:
+        if args.no_migrate:
+            require_current(settings.sqlalchemy_url)
+        else:
+            upgrade(settings.sqlalchemy_url)
+    except SchemaNotCurrent as exc:
+        print(f"procplat: error: {exc}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from procplat.api.app import create_app
+
+    app = create_app(settings, migrate=False)  # upgraded above; the app checks it is current
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0

@@ -168,8 +168,8 @@ def test_an_older_index_upgrades_on_start_and_keeps_users_tokens_tasks_logs_arti
         assert [t["taskId"] for t in user.get(tasks).json()][-1] == TASK_ID
     finally:
         live.stop()
-    assert migrate.schema_status(url).current == migrate.head_revision()
     assert migrate.differences(url) == []  # ix_tasks_active and entry_builds were added
+    assert migrate.schema_status(url).current == migrate.head_revision()
 
 
 RACE = """
@@ -223,18 +223,24 @@ def downgrade() -> None:
 '''
 
 
+def scripts_with_a_new_revision(folder: Path) -> tuple[Path, str]:
+    """The migrations plus one more revision (as the next release would have)."""
+    scripts = folder / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = migrate.head_revision()
+    revision = f"{int(head) + 1:04d}"
+    (scripts / "versions" / f"{revision}_copy_tasks.py").write_text(
+        COPY_TASKS.format(revision=revision, down=head))
+    return scripts, revision
+
+
 @pytest.mark.parametrize("kind", DATABASES)
 def test_a_revision_that_copies_the_tasks_table_keeps_its_log_lines_and_artifacts(
     kind: str, tmp_path: Path
 ) -> None:
     """On SQLite batch mode copies ``tasks``, drops the old one and renames the copy; with
     foreign keys on, the drop would cascade to the task's log lines and artifact."""
-    scripts = tmp_path / "migrations"
-    shutil.copytree(migrate.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    head = migrate.head_revision()
-    revision = f"{int(head) + 1:04d}"
-    (scripts / "versions" / f"{revision}_copy_tasks.py").write_text(
-        COPY_TASKS.format(revision=revision, down=head))
+    scripts, revision = scripts_with_a_new_revision(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     url = database_url(kind, data)
@@ -278,11 +284,16 @@ def test_serve_no_migrate_refuses_a_behind_index_until_db_upgrade_has_run(
     assert upgraded.stdout == f"upgraded the index from nothing to {migrate.head_revision()}\n"
     current = procplat("db", "current", data=data)
     assert current.returncode == 0 and f"current: {migrate.head_revision()}" in current.stdout
+    assert migrate.differences(database_url("sqlite", data)) == []
 
+
+def test_serve_no_migrate_starts_on_an_index_at_head(tmp_path: Path, dask_address: str) -> None:
+    data = tmp_path / "data"
+    assert procplat("db", "upgrade", data=data).returncode == 0
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCPLAT_")}
     env |= {"PROCPLAT_DATA": str(data), "PYTHONPATH": os.pathsep.join(sys.path),
-            "PROCPLAT_ADMIN_TOKEN": "t", "PROCPLAT_DASHBOARD_ADDRESS": ":0"}
+            "PROCPLAT_ADMIN_TOKEN": "t", "PROCPLAT_DASK_ADDRESS": dask_address}
     serve = subprocess.Popen(
         [sys.executable, "-m", "procplat.cli", "serve", "--no-migrate", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -302,3 +313,27 @@ def test_serve_no_migrate_refuses_a_behind_index_until_db_upgrade_has_run(
     finally:
         os.killpg(serve.pid, 9)
         serve.wait(timeout=30)
+
+
+def test_serve_refuses_an_index_upgraded_by_newer_code(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    scripts, revision = scripts_with_a_new_revision(tmp_path)
+    migrate.upgrade(database_url("sqlite", data), script_location=scripts)
+    for command in (["serve"], ["serve", "--no-migrate"], ["db", "upgrade"]):
+        refused = procplat(*command, data=data)
+        assert refused.returncode == 1, refused
+        assert f"{revision} is newer than this procplat" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("command", [["db"], ["db", "upgrade"], ["db", "current"]])
+def test_db_commands_have_help_with_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from procplat.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: procplat {' '.join(command)}")
+    assert "example:\n  procplat " in shown and "PROCPLAT_DATABASE_URL" in shown
