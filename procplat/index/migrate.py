@@ -118,7 +118,7 @@ def _sqlite_file(url: str) -> Path | None:
 def _engine(url: str) -> Engine:
     """An engine of its own for the migration: one connection, closed afterwards. On SQLite
     with foreign keys off (set outside any transaction, where SQLite honours it) and
-    transactions that begin EXCLUSIVE."""
+    transactions begun by the ``sqlite_begin`` execution option (``BEGIN`` by default)."""
     if not url.startswith("sqlite"):
         return create_engine(url, poolclass=NullPool)
     database = _sqlite_file(url)
@@ -134,7 +134,7 @@ def _engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
     return engine
 
@@ -145,22 +145,22 @@ def _locked(url: str) -> Iterator[Connection]:
     engine = _engine(url)
     try:
         with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
-                conn.commit()
-                try:
-                    with conn.begin():
-                        yield conn
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATE_LOCK_KEY})
-                    conn.commit()
-                return
-            database = _sqlite_file(url)
-            with _file_lock(database), conn.begin():
-                yield conn
-                if conn.dialect.name == "sqlite":
+            if conn.dialect.name == "sqlite":
+                conn.execution_options(sqlite_begin="BEGIN EXCLUSIVE")
+                with _file_lock(_sqlite_file(url)), conn.begin():
+                    yield conn
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    assert not broken, f"the migration broke foreign keys: {broken[:5]}"
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+                return
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
+            conn.commit()
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATE_LOCK_KEY})
+                conn.commit()
     finally:
         engine.dispose()
 
