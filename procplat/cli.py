@@ -1,7 +1,8 @@
 """The ``procplat`` command: ``procplat serve`` runs the service; the other commands are a
 client of a running service, built on :mod:`procplat.client`.
 
-    procplat serve                                   run the HTTP service
+    procplat serve [--no-migrate]                    run the HTTP service
+    procplat db upgrade|current                      the index schema's migrations
     procplat upload LOCAL [PATH] --ds org/ds          upload a file (streamed)
     procplat submit TOOL --ds org/ds --param k=v ... [--wait] [--download DEST]
     procplat tasks list|status|log|cancel|download    follow and manage tasks
@@ -47,6 +48,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from procplat.db_commands import add_db_commands
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
 MIN_TASK_PREFIX = 8  # the dashboard and the progress bar show a task's first 8 characters
@@ -55,16 +58,28 @@ FULL_TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from procplat.api.app import create_app
     from procplat.settings import load_settings
 
     settings = load_settings()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    app = create_app(settings)
+    # the schema first, before the service's heavy imports: a refusal is quick and plain
+    from procplat.index.migrate import SchemaNotCurrent, require_current, upgrade
+
+    try:
+        if args.no_migrate:
+            require_current(settings.sqlalchemy_url)
+        else:
+            upgrade(settings.sqlalchemy_url)
+    except SchemaNotCurrent as exc:
+        print(f"procplat: error: {exc}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from procplat.api.app import create_app
+
+    app = create_app(settings, migrate=False)  # upgraded above; the app checks it is current
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
@@ -84,7 +99,7 @@ def token_reset(args: argparse.Namespace) -> int:
               "the service runs, with its PROCPLAT_DATA (or PROCPLAT_DATABASE_URL), after it "
               "has started once", file=sys.stderr)
         return EXIT_HTTP
-    db = Database(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url, migrate=False)
     try:
         token = reset_token(db, args.username)
     except NotFound as exc:
@@ -421,7 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--no-migrate", action="store_true",
+        help="do not upgrade the index schema on start; refuse to start when it is behind "
+        "(run procplat db upgrade first)",
+    )
     p.set_defaults(run=serve)
+    add_db_commands(commands)
 
     p = _add(
         commands, "token", [], "manage API tokens on the service's host",
@@ -572,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.run in (serve, token_reset):
+    if args.run in (serve, token_reset) or args.command == "db":
         return int(args.run(args))
     from procplat.client import HTTPError, ProcplatError, TaskError
 

@@ -23,14 +23,16 @@ from procplat.settings import Settings, load_settings
 log = logging.getLogger("procplat")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Starlette:
+    """The app; on start it upgrades the index schema, or with ``migrate=False`` refuses to
+    start unless the schema is current (``procplat serve --no-migrate``)."""
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for folder in (settings.data, settings.datasets_dir, settings.artifacts_dir, settings.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.sqlalchemy_url)
+        db = Database(settings.sqlalchemy_url, migrate=migrate)
         ensure_admin(db, settings.admin_token)
         registry = Registry()
         datasets = Datasets(db, settings.datasets_dir)

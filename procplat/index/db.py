@@ -6,6 +6,9 @@ snapshot (REPEATABLE READ on PostgreSQL).
 has to upgrade a read lock, the cause of "database is locked") under a process-wide lock;
 with ``serialize=True`` on PostgreSQL it takes a transaction-scoped advisory lock, so checks
 and inserts that must not interleave (dedup, quotas) run one at a time across processes.
+
+Opening upgrades the schema to head through the migrations (:mod:`procplat.index.migrate`),
+or with ``migrate=False`` only checks that it is there (``procplat serve --no-migrate``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from procplat.index.models import Base
+from procplat.index.migrate import require_current, upgrade
 
 SUBMIT_LOCK_KEY = 0x70726F63  # "proc"
 
@@ -31,7 +34,7 @@ def utcnow() -> datetime:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = self._create_engine(url)
@@ -44,7 +47,10 @@ class Database:
         self._plain_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._immediate, expire_on_commit=False)
         self._write_lock = threading.RLock()
-        Base.metadata.create_all(self.engine)
+        if migrate:
+            upgrade(url)
+        else:
+            require_current(url)
 
     def _create_engine(self, url: str) -> Engine:
         if not self.is_sqlite:
