@@ -270,10 +270,11 @@ class Datasets:
         """Move a staged upload into place and index it, under the path lock."""
         with self.db.write() as s:
             self.db.lock_paths(s, ref.dataset_id, [rel])
-            target = self.file_path(ref, rel)  # again: a link made meanwhile must not lead out
+            target = self.file_path(ref, rel)
             self._check_target(ref, rel, target)
             with disk_full_is_507(rel):
                 target.parent.mkdir(parents=True, exist_ok=True)
+            self.file_path(ref, rel)  # re-check: a parent made meanwhile must not lead out
             os.replace(staged.path, target)
             return self._record_file(s, ref, rel, staged.facts)
 
