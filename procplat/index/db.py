@@ -11,7 +11,7 @@ Path locks (:meth:`Database.lock_paths`) make a change to a dataset's file and t
 one step for every other request, in any number of API processes: a writer holds the path
 exclusively (and its ancestor folders shared, so a folder delete cannot interleave) from
 before it touches the file until its transaction commits; a reader of a file and its entry
-holds them shared (in :meth:`Database.locking`). On PostgreSQL they are transaction-scoped
+holds the path shared (in :meth:`Database.locking`). On PostgreSQL they are transaction-scoped
 advisory locks keyed on (dataset id, 32-bit hash of the path), taken in key order so that
 transactions never wait on each other in a cycle (a hash collision only serialises two paths);
 on SQLite the write transaction is itself exclusive across threads and processes.
@@ -115,16 +115,18 @@ class Database:
     def lock_paths(
         self, session: Session, dataset_id: int, paths: Iterable[str], *, shared: bool = False
     ) -> None:
-        """Lock dataset paths until ``session``'s transaction ends: each path exclusively
-        (shared with ``shared``) and its ancestor folders shared. Call it before touching the
-        files, in a :meth:`write` (or :meth:`locking`) transaction."""
+        """Lock dataset paths until ``session``'s transaction ends: for a writer each path
+        exclusively and its ancestor folders shared; for a reader (``shared``) each path
+        shared (a folder delete moves a file away but never changes it, so a reader needs no
+        lock on the folders). Call it before touching the files, in a :meth:`write` (or
+        :meth:`locking`) transaction."""
         if self.is_sqlite:
             session.connection()  # BEGIN IMMEDIATE now, not at the first statement
             return
         exclusive: dict[int, bool] = {}
         for path in paths:
             parts = path.split("/")
-            for depth in range(1, len(parts)):
+            for depth in range(1, 1 if shared else len(parts)):
                 exclusive.setdefault(_path_key("/".join(parts[:depth])), False)
             key = _path_key(path)
             exclusive[key] = exclusive.get(key, False) or not shared
