@@ -155,6 +155,26 @@ def test_put_racing_delete_and_folder_delete_racing_file_delete_answer_no_500(
         assert_index_equals_disk(world.user, world.ds_url, world.root)
 
 
+def test_indexing_a_tool_output_that_vanished_unindexes_it(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """What the supervisor does with a tool's outputs when one was deleted meanwhile."""
+    from procplat.index import queries as q
+
+    live = make_server()
+    world = new_world(live)
+    world.upload("out/kept.bin", b"kept")
+    world.upload("out/gone.bin", b"gone")
+    (world.root / "out" / "gone.bin").unlink()  # e.g. by a tool of another task
+    (world.root / "out" / "new.bin").write_bytes(b"new")
+    datasets, db = live.app_state.datasets, live.app_state.db
+    with db.read() as s:
+        org = q.org_by_slug(s, world.org)
+        ref = datasets.ref_of(s, q.dataset_by_slug(s, org.id, world.ds).id)
+    datasets.index_paths(ref, ["out/gone.bin", "out/new.bin", "out/never.bin"])
+    assert_index_equals_disk(world.user, world.ds_url, world.root)
+
+
 # --- two API processes on one index ------------------------------------------------------
 
 
