@@ -10,7 +10,8 @@
     ├── Gone                  410  (artifact expired)
     ├── PayloadTooLarge       413  (body too large, estimated output above quota)
     ├── RangeNotSatisfiable   416
-    └── TooManyRequests       429  (concurrency quota; carries Retry-After)
+    ├── TooManyRequests       429  (concurrency quota; carries Retry-After)
+    └── InsufficientStorage   507  (the disk is full: ENOSPC or EDQUOT while storing)
 
 Tool errors (:mod:`tools.contract`) are translated at the core boundary:
 ``InvalidParams`` → ``BadRequest``.
@@ -78,3 +79,7 @@ class TooManyRequests(ProcplatError):
 
     def __init__(self, message: str, *, retry_after: int = 5):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class InsufficientStorage(ProcplatError):
+    status = 507

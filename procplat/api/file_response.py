@@ -152,21 +152,27 @@ class _Validators:
 
 def file_response(
     request: Request,
-    path: Path,
+    source: Path | BinaryIO,
     *,
     etag: str,
     filename: str | None = None,
     media_type: str | None = None,
     attachment: bool = False,
 ) -> Response:
-    """Build the response serving ``path`` for ``request`` (GET or HEAD).
+    """Build the response serving ``source`` for ``request`` (GET or HEAD).
 
-    ``etag`` is the opaque tag without quotes (e.g. a sha256 hex); it must change
-    whenever the content changes.  Raises :class:`~procplat.errors.NotFound` if
-    ``path`` is missing or not a regular file and ``ValueError`` for an ``etag``
-    that is not a valid opaque tag.
+    ``source`` is a path, or a regular file the caller opened for reading (the
+    response owns and closes it): serving that very file keeps ``etag`` and the
+    bytes of one version even when the path is replaced meanwhile.  ``etag`` is
+    the opaque tag without quotes (e.g. a sha256 hex); it must change whenever
+    the content changes.  Raises :class:`~procplat.errors.NotFound` if a path is
+    missing or not a regular file and ``ValueError`` for an ``etag`` that is not
+    a valid opaque tag.
     """
-    file = _open_regular_file(path)
+    if isinstance(source, Path):
+        path, file = source, _open_regular_file(source)
+    else:
+        path, file = Path(source.name), source
     try:
         validators = _validators(file, etag)
         headers = _representation_headers(validators, path, filename, media_type, attachment)

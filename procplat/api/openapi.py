@@ -41,7 +41,7 @@ OPERATIONS = [
        "({items, total, skip, take})", "platform", query=("skip", "take"), errors=(400, 401, 404)),
     Op("get", DS, "Dataset information", "platform"),
     Op("put", f"{DS}/files/{{path}}", "Upload a file (raw body, streamed to disk)", "files",
-       body="binary", ok=(200, 201), errors=(400, 401, 403, 404, 409, 413)),
+       body="binary", ok=(200, 201), errors=(400, 401, 403, 404, 409, 413, 507)),
     Op("get", f"{DS}/files/{{path}}", "Download a file (Range, ETag, If-None-Match, If-Range)",
        "files", ok=(200, 206, 304), errors=(400, 401, 404, 416)),
     Op("head", f"{DS}/files/{{path}}", "File headers", "files", ok=(200, 206, 304)),
@@ -88,6 +88,7 @@ STATUS_TEXT = {
     304: "Not modified", 400: "Bad request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not found", 409: "Conflict", 410: "Gone", 413: "Too large", 416: "Range not satisfiable",
     429: "Too many requests (see Retry-After)", 503: "Unavailable",
+    507: "Insufficient storage (the disk is full)",
 }
 
 

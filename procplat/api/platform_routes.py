@@ -92,16 +92,8 @@ async def put_file(request: Request) -> Response:
 def get_file(request: Request) -> Response:
     datasets = _datasets(request)
     ref = datasets.open(caller(request), *_slugs(request))
-    rel = user_path(request.path_params["path"])
-    path = datasets.file_path(ref, rel)
-    if not path.is_file():
-        raise NotFound(f"file '{rel}' not found")
-    entry = datasets.entry(ref, rel)
-    stat = path.stat()
-    etag = entry["hash"] if entry and entry["hash"] and entry["size"] == stat.st_size else (
-        f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
-    )
-    return file_response(request, path, etag=etag, filename=path.name)
+    opened = datasets.open_file(ref, request.path_params["path"])
+    return file_response(request, opened.file, etag=opened.etag, filename=opened.name)
 
 
 async def delete_file(request: Request) -> Response:

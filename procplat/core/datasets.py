@@ -4,34 +4,52 @@ properties, builds) applied to it."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 
 from procplat.core.auth import Principal, require_user
 from procplat.core.paging import clamp_take, page
-from procplat.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from procplat.core.placement import (
+    FileFacts,
+    FileVersion,
+    StagedUpload,
+    disk_full_is_507,
+    measure,
+    open_version,
+    remove_trash,
+    stage_upload,
+    version_of,
+)
+from procplat.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
 from procplat.index.models import Entry, EntryBuild
 from tools.build import BUILDABLE_TYPES
 from tools.contract import BuildState, EntryUpdate, IndexedEntry, InvalidParams
-from tools.detect import ENTRY_TYPES, detect
-from tools.hashing import sha256_file
+from tools.detect import ENTRY_TYPES
 from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VISIBILITIES = ("private", "public")
-UPLOAD_CHUNK = 1024 * 1024
+_MEASURE_ATTEMPTS = 3  # tries to index a changing file from outside the lock
+_LOCKS_PER_TRANSACTION = 200  # paths locked at once by a batch of index changes
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenedFile:
+    """A dataset file opened for serving, with the ETag of the version that is open."""
+
+    file: BinaryIO
+    etag: str
+    name: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +279,9 @@ class Datasets:
         return page(items, total, skip_n, take_n)
 
     # files ----------------------------------------------------------------------------------
+    # Every change to a file and its entry is one step under the path's lock (see
+    # procplat.index.db): the file is moved (or found) and the entry written in one transaction
+    # that holds the lock, so no other request sees one without the other.
     def file_path(self, ref: DatasetRef, path: str) -> Path:
         try:
             return resolve_in_dataset(ref.root, path)
@@ -270,91 +291,130 @@ class Datasets:
     async def upload(
         self, ref: DatasetRef, path: str, body: AsyncIterator[bytes], max_bytes: int
     ) -> tuple[dict[str, Any], bool]:
-        """Stream ``body`` to a temporary file, then rename it into place and index it."""
+        """Stream ``body`` into ``.ddb/tmp`` (hashed and detected there), then move it into
+        place and index it in one step. Returns the entry and whether it is new."""
         rel = user_path(path)
-        target = self.file_path(ref, rel)
+        self._check_target(ref, rel, self.file_path(ref, rel))  # before receiving the body
+        staged = await stage_upload(ref.tmp_dir, rel, body, max_bytes)
+        try:
+            return await anyio.to_thread.run_sync(self._place, ref, rel, staged)
+        finally:
+            staged.discard()
+
+    def _check_target(self, ref: DatasetRef, rel: str, target: Path) -> None:
+        """409 when a file cannot be put at ``rel``: it is a folder, or a parent is a file."""
         if target.is_dir():
             raise Conflict(f"'{rel}' is a folder")
-        self._check_parents(ref, rel)
-        tmp = ref.tmp_dir / f"upload-{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(tmp, "wb") as handle:
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
-                    digest.update(chunk)
-                    handle.write(chunk)
-            await anyio.to_thread.run_sync(self._move_into_place, ref, rel, tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
-        entry, created = await anyio.to_thread.run_sync(
-            self._index_file, ref, rel, digest.hexdigest()
-        )
-        return entry, created
-
-    def _check_parents(self, ref: DatasetRef, rel: str) -> None:
         parent = ref.root
         for part in rel.split("/")[:-1]:
             parent = parent / part
             if parent.exists() and not parent.is_dir():
-                raise Conflict(f"'{ref.root and parent.relative_to(ref.root).as_posix()}' is a file")
+                raise Conflict(f"'{parent.relative_to(ref.root).as_posix()}' is a file")
 
-    def _move_into_place(self, ref: DatasetRef, rel: str, tmp: Path) -> None:
-        target = self.file_path(ref, rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.file_path(ref, rel)  # re-check: a parent created meanwhile must not escape
-        os.replace(tmp, target)
-
-    def _index_file(self, ref: DatasetRef, rel: str, sha256: str | None = None) -> tuple[dict[str, Any], bool]:
-        path = ref.root / rel
-        stat = path.stat()
-        found = detect(path)
-        if sha256 is None:
-            sha256 = sha256_file(path)
+    def _place(self, ref: DatasetRef, rel: str, staged: StagedUpload) -> tuple[dict[str, Any], bool]:
+        """Move a staged upload into place and index it, under the path lock."""
         with self.db.write() as s:
-            self._index_parents(s, ref, rel)
-            entry, created = q.upsert_entry(
-                s, ref.dataset_id, rel, type=found.type, size=stat.st_size, hash=sha256,
-                mtime=datetime.utcfromtimestamp(stat.st_mtime), properties=found.properties,
-            )
-            return entry_json(entry, q.build_of(s, ref.dataset_id, rel)), created
+            self.db.lock_paths(s, ref.dataset_id, [rel])
+            target = self.file_path(ref, rel)
+            self._check_target(ref, rel, target)
+            with disk_full_is_507(rel):
+                target.parent.mkdir(parents=True, exist_ok=True)
+            self.file_path(ref, rel)  # re-check: a parent made meanwhile must not lead out
+            os.replace(staged.path, target)
+            return self._record_file(s, ref, rel, staged.facts)
 
-    def _index_parents(self, s: Any, ref: DatasetRef, rel: str) -> None:
+    def _record_file(
+        self, s: Any, ref: DatasetRef, rel: str, facts: FileFacts
+    ) -> tuple[dict[str, Any], bool]:
+        now = utcnow()
         parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            folder = "/".join(parts[:i])
-            if q.entry_by_path(s, ref.dataset_id, folder) is None:
-                q.upsert_entry(s, ref.dataset_id, folder, type="directory", size=0, hash=None,
-                               mtime=utcnow(), properties={})
+        for depth in range(1, len(parts) + 1):
+            q.ensure_folder_entry(s, ref.dataset_id, "/".join(parts[:depth]), now)
+        entry, created = q.upsert_entry(
+            s, ref.dataset_id, rel, type=facts.detected.type, size=facts.version.size,
+            hash=facts.sha256, mtime=facts.version.mtime, properties=facts.detected.properties,
+        )
+        return entry_json(entry, q.build_of(s, ref.dataset_id, rel)), created
 
     def index_paths(self, ref: DatasetRef, rel_paths: Iterable[str]) -> None:
-        """Index files a tool added (as if uploaded); folders are indexed file by file."""
+        """Index files a tool added (as if uploaded); folders are indexed file by file, and a
+        path that no longer exists is unindexed."""
         for rel in rel_paths:
             path = ref.root / rel
             if path.is_dir():
                 for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                    self._index_file(ref, child.relative_to(ref.root).as_posix())
-            elif path.is_file():
-                self._index_file(ref, rel)
+                    self._index_in_place(ref, child.relative_to(ref.root).as_posix())
+            else:
+                self._index_in_place(ref, rel)
+
+    def _index_in_place(self, ref: DatasetRef, rel: str) -> None:
+        """Hash and detect the file at ``rel`` where it is, then index it under the path lock
+        if it is still that version; measured again when it changed meanwhile (the last time
+        under the lock)."""
+        path = ref.root / rel
+        for attempt in range(_MEASURE_ATTEMPTS + 1):
+            under_lock = attempt == _MEASURE_ATTEMPTS
+            facts = None if under_lock else measure(path)
+            with self.db.write() as s:
+                self.db.lock_paths(s, ref.dataset_id, [rel])
+                current = version_of(path)
+                if current is None:
+                    if not path.is_dir():
+                        q.delete_entries(s, ref.dataset_id, rel)
+                    return
+                if under_lock:
+                    facts = measure(path)
+                if facts is not None and facts.version == current:
+                    self._record_file(s, ref, rel, facts)
+                    return
 
     def unindex_paths(self, ref: DatasetRef, rel_paths: Iterable[str]) -> None:
-        with self.db.write() as s:
-            for rel in rel_paths:
-                q.delete_entries(s, ref.dataset_id, rel)
+        for batch in _batches(list(rel_paths)):
+            with self.db.write() as s:
+                self.db.lock_paths(s, ref.dataset_id, batch)
+                for rel in batch:
+                    q.delete_entries(s, ref.dataset_id, rel)
 
     def delete(self, ref: DatasetRef, path: str) -> None:
+        """Delete a file or folder: under the path lock it is moved into ``.ddb/tmp`` and
+        unindexed in one transaction; what was moved aside is removed after the commit."""
+        rel = user_path(path)
+        trash = ref.tmp_dir / f"trash-{uuid.uuid4().hex}"
+        with self.db.write() as s:
+            self.db.lock_paths(s, ref.dataset_id, [rel])
+            try:
+                os.rename(self.file_path(ref, rel), trash)
+                found = True
+            except (FileNotFoundError, NotADirectoryError):
+                found = False
+            q.delete_entries(s, ref.dataset_id, rel)  # an entry whose file is gone goes too
+        if not found:
+            raise NotFound(f"'{rel}' not found")
+        remove_trash(trash)
+
+    def open_file(self, ref: DatasetRef, path: str) -> OpenedFile:
+        """The file at ``path`` opened for reading, with the ETag of the version opened: its
+        entry's sha256 when the entry describes that version (file and entry are read under
+        the path lock, so a change cannot fall between them), else one made from the version."""
         rel = user_path(path)
         target = self.file_path(ref, rel)
-        if not target.exists() and not target.is_symlink():
-            raise NotFound(f"'{rel}' not found")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-        self.unindex_paths(ref, [rel])
+        opened: tuple[BinaryIO, FileVersion] | None = None
+        try:
+            with self.db.locking() as s:
+                self.db.lock_paths(s, ref.dataset_id, [rel], shared=True)
+                opened = open_version(target)
+                entry = q.entry_by_path(s, ref.dataset_id, rel) if opened is not None else None
+        except BaseException:
+            if opened is not None:
+                opened[0].close()
+            raise
+        if opened is None:
+            raise NotFound(f"file '{rel}' not found")
+        file, version = opened
+        etag = version.etag()
+        if entry is not None and entry.hash and (entry.size, entry.mtime) == (version.size, version.mtime):
+            etag = entry.hash
+        return OpenedFile(file=file, etag=etag, name=target.name)
 
     def entries(
         self, ref: DatasetRef, folder: str | None, entry_type: str | None, recursive: bool
@@ -393,18 +453,26 @@ class Datasets:
             )
 
     def apply_updates(self, ref: DatasetRef, updates: Iterable[EntryUpdate]) -> int:
-        """Write what a tool found about existing entries, in one transaction. An update is
-        skipped when its entry is gone or its hash changed since the run started (a newer
-        upload wins). Returns how many were applied."""
+        """Write what a tool found about existing entries, a batch of them per transaction
+        under their path locks. An update is skipped when its entry is gone or its hash
+        changed since the run started (a newer upload wins). Returns how many were applied."""
         applied = 0
-        with self.db.write() as s:
-            for update in updates:
-                entry = q.entry_by_path(s, ref.dataset_id, update.path)
-                if entry is None or entry.hash != update.expected_hash:
-                    continue
-                _apply_update(s, ref, entry, update)
-                applied += 1
+        for batch in _batches(list(updates)):
+            with self.db.write() as s:
+                self.db.lock_paths(s, ref.dataset_id, [u.path for u in batch])
+                for update in batch:
+                    entry = q.entry_by_path(s, ref.dataset_id, update.path)
+                    if entry is None or entry.hash != update.expected_hash:
+                        continue
+                    _apply_update(s, ref, entry, update)
+                    applied += 1
         return applied
+
+
+def _batches(items: list[Any]) -> Iterator[list[Any]]:
+    """Slices small enough to lock in one transaction (PostgreSQL's lock table is finite)."""
+    for start in range(0, len(items), _LOCKS_PER_TRANSACTION):
+        yield items[start:start + _LOCKS_PER_TRANSACTION]
 
 
 def _build_state(build: EntryBuild | None) -> BuildState | None:

@@ -9,12 +9,22 @@ and inserts that must not interleave (dedup, quotas) run one at a time across pr
 
 Opening upgrades the schema to head through the migrations (:mod:`procplat.index.migrate`),
 or with ``migrate=False`` only checks that it is there (``procplat serve --no-migrate``).
+
+Path locks (:meth:`Database.lock_paths`) make a change to a dataset's file and to its entry
+one step for every other request, in any number of API processes: a writer holds the path
+exclusively (and its ancestor folders shared, so a folder delete cannot interleave) from
+before it touches the file until its transaction commits; a reader of a file and its entry
+holds the path shared (in :meth:`Database.locking`). On PostgreSQL they are transaction-scoped
+advisory locks keyed on (dataset id, 32-bit hash of the path), taken in key order so that
+transactions never wait on each other in a cycle (a hash collision only serialises two paths);
+on SQLite the write transaction is itself exclusive across threads and processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +36,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from procplat.index.migrate import require_current, upgrade
 
 SUBMIT_LOCK_KEY = 0x70726F63  # "proc"
+
+
+def _path_key(path: str) -> int:
+    """A path's advisory lock key: a signed 32-bit hash."""
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def utcnow() -> datetime:
@@ -92,6 +108,37 @@ class Database:
             if serialize:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
             yield session
+
+    @contextmanager
+    def locking(self) -> Iterator[Session]:
+        """A transaction that reads under path locks (:meth:`lock_paths` with ``shared``).
+        It must see every commit made before its locks were granted: on PostgreSQL it is
+        READ COMMITTED (a snapshot would date from before the wait), on SQLite a write
+        transaction (the only lock a writer's transaction makes it wait for)."""
+        with self.write() as session:
+            yield session
+
+    def lock_paths(
+        self, session: Session, dataset_id: int, paths: Iterable[str], *, shared: bool = False
+    ) -> None:
+        """Lock dataset paths until ``session``'s transaction ends: for a writer each path
+        exclusively and its ancestor folders shared; for a reader (``shared``) each path
+        shared (a folder delete moves a file away but never changes it, so a reader needs no
+        lock on the folders). Call it before touching the files, in a :meth:`write` (or
+        :meth:`locking`) transaction."""
+        if self.is_sqlite:
+            session.connection()  # BEGIN IMMEDIATE now, not at the first statement
+            return
+        exclusive: dict[int, bool] = {}
+        for path in paths:
+            parts = path.split("/")
+            for depth in range(1, 1 if shared else len(parts)):
+                exclusive.setdefault(_path_key("/".join(parts[:depth])), False)
+            key = _path_key(path)
+            exclusive[key] = exclusive.get(key, False) or not shared
+        for key in sorted(exclusive):
+            function = "pg_advisory_xact_lock" if exclusive[key] else "pg_advisory_xact_lock_shared"
+            session.execute(text(f"SELECT {function}(:d, :k)"), {"d": dataset_id, "k": key})
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

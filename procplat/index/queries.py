@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from procplat.index.models import (
@@ -104,6 +106,18 @@ def upsert_entry(s: Session, dataset_id: int, path: str, **values: Any) -> tuple
         setattr(entry, key, value)
     s.flush()
     return entry, created
+
+
+def ensure_folder_entry(s: Session, dataset_id: int, path: str, now: datetime) -> None:
+    """Index a folder unless it is indexed: one statement that two transactions may run at
+    once (both holding the folder's path lock shared) without a unique-key violation."""
+    insert = sqlite_insert if s.get_bind().dialect.name == "sqlite" else postgresql_insert
+    s.execute(
+        insert(Entry)
+        .values(dataset_id=dataset_id, path=path, type="directory", size=0, hash=None,
+                mtime=now, properties={})
+        .on_conflict_do_nothing(index_elements=["dataset_id", "path"])
+    )
 
 
 def list_entries(
