@@ -135,26 +135,36 @@ def compute_failures(dask_address: str, task_id: str) -> int:
                for _level, msg in lines)
 
 
+@pytest.mark.parametrize(("in_piece", "where"), [
+    (False, "value = 1 / files"), (True, "return 1 / files"),
+])
 def test_a_bug_in_a_tool_fails_the_task_and_logs_its_traceback_once(
-    make_server, dask_address: str, caplog: pytest.LogCaptureFixture
+    make_server, dask_address: str, caplog: pytest.LogCaptureFixture, in_piece: bool, where: str
 ) -> None:
+    """In the tool's run or in a piece it fans out over the cluster: one ERROR in the
+    service's log with the traceback of where it happened, no "Compute Failed" on a worker."""
     live = make_server()
     live.app_state.supervisor.registry.register(broken_tool)
     world: World = new_world(live)
     caplog.set_level(logging.INFO, logger="procplat")
-    response = world.submit("broken-tool")
+    response = world.submit("broken-tool", {"inPiece": in_piece})
     assert response.status_code == 202, response.text
     task_id = response.json()["taskId"]
     status = world.wait(task_id)
     assert status["state"] == "Failed"
     assert status["error"] == "ZeroDivisionError: division by zero"
+    def about() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.name.startswith("procplat") and task_id in r.getMessage()]
+
     deadline = time.monotonic() + 5
-    while not [r for r in caplog.records if task_id in r.getMessage()]:
+    while not about():
         assert time.monotonic() < deadline, "the failure was not logged"
         time.sleep(0.05)
-    about = [r for r in caplog.records if task_id in r.getMessage()]
-    assert len(about) == 1 and about[0].levelno == logging.ERROR, [r.getMessage() for r in about]
-    message = about[0].getMessage()
+    time.sleep(0.5)
+    records = about()
+    assert len(records) == 1 and records[0].levelno == logging.ERROR, records
+    message = records[0].getMessage()
+    assert "broken_tool.py" in message and where in message, message
     assert message.count("Traceback (most recent call last)") == 1, message
-    assert "broken_tool.py" in message and "1 / files" in message, message
     assert compute_failures(dask_address, task_id) == 0

@@ -8,12 +8,12 @@ in submission order, the parent checks for cancellation while it waits, and on c
 or error the outstanding pieces are cancelled; pieces that are already running see the same
 cancellation through a :class:`StopSignal` they are given.
 
-A piece that stops because the run was cancelled, or fails cleanly with a
-:class:`~tools.contract.ToolError`, does not raise out of its Dask task (a Dask worker logs
-every exception a task raises as "Compute Failed" with a traceback, and these are outcomes,
-not faults): :func:`piece` runs it so that it returns that ending as a value, and
-:func:`piece_result` raises it again in the parent, which ends the run the usual way.
-Any other exception is a fault and raises as it is.
+A piece does not raise out of its Dask task (a Dask worker logs every exception a task raises
+as "Compute Failed" with a traceback): :func:`piece` runs it so that it returns how it ended
+as a value, and :func:`piece_result` raises that again in the parent, which ends the run the
+usual way. So a cancelled run or a :class:`~tools.contract.ToolError` (outcomes, not faults)
+logs nothing on the workers, and a bug in a piece is logged once, by whoever runs the tool,
+with the piece's frames in its traceback (``distributed`` pickles tracebacks).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,12 +69,12 @@ _STOP_CACHE: dict[str, list[Any]] = {}
 class _Ended:
     """What a piece returns instead of raising when it was cancelled or failed cleanly."""
 
-    error: Cancelled | ToolError
+    error: Exception
 
 
 def piece(fn: Callable[..., T]) -> Callable[..., T]:
-    """``fn`` as a piece to submit to the cluster: cancellation and :class:`ToolError` come
-    back as a value for :func:`piece_result` instead of failing the Dask task."""
+    """``fn`` as a piece to submit to the cluster: whatever it raises comes back as a value
+    for :func:`piece_result` instead of failing the Dask task."""
     return functools.partial(_run_piece, fn)
 
 
@@ -81,6 +82,12 @@ def _run_piece(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except (Cancelled, ToolError) as exc:
+        return _Ended(exc)
+    except Exception as exc:  # a fault: it travels to the parent, traceback included
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an exception that cannot travel: Dask reports it as it can
+            raise exc from None
         return _Ended(exc)
 
 
