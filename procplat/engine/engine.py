@@ -3,7 +3,10 @@
 One asynchronous ``distributed.Client`` lives in the service's event loop. Each task
 attempt is one future keyed by the task id (so the dashboard shows it under that name);
 its done callback hops from Dask's callback thread to the loop and reports an
-:class:`Outcome` to the listener. Progress and log lines arrive as worker events on
+:class:`Outcome` to the listener. The job returns how it ended (succeeded, cancelled, failed
+with a tool's message, or an unexpected error with its traceback; see
+:mod:`procplat.engine.worker`), so an exception out of the future means the cluster gave up
+on the work (e.g. ``KilledWorker`` after the worker died on every retry). Progress and log lines arrive as worker events on
 :data:`EVENT_TOPIC`. Cancellation is cooperative: a ``distributed.Event`` named after the
 task is set, the tool sees it within a fraction of a second and stops; work that has not
 started yet is simply cancelled.
