@@ -2,8 +2,8 @@
 
 Members come from :func:`tools.zip_policy.archive_members` (folders recursively; no paths =
 the whole dataset with ``.ddb`` but without ``.ddb/build`` and ``.ddb/tmp``) and are
-compressed per :func:`tools.zip_policy.compress_type` (already-compressed files stored, the
-rest deflated at zlib's default level, 6). Files are streamed in 1 MiB chunks into a
+compressed per :func:`tools.zip_policy.compress_type`, decided once per file by what the file
+is (compressed formats and data stored, the rest deflated at zlib's default level, 6). Files are streamed in 1 MiB chunks into a
 temporary ``.<name>.partial`` in the work folder, renamed to the final name at the end and
 removed on cancellation or error.
 
@@ -109,9 +109,12 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     final = ctx.work_dir / selection.archive_name
     partial = ctx.work_dir / f".{selection.archive_name}.partial"
     total = selection.total_bytes
-    ctx.reporter.log(f"Archiving {len(selection.members)} files ({_mb(total)})")
+    kinds = [compress_type(m) for m in selection.members]
+    deflated = kinds.count(zipfile.ZIP_DEFLATED)
+    ctx.reporter.log(f"Archiving {len(selection.members)} files ({_mb(total)}): "
+                     f"{deflated} to deflate, {len(kinds) - deflated} stored as they are")
     try:
-        _write_archive(partial, selection.members, _Meter(ctx.reporter, total), ctx)
+        _write_archive(partial, selection.members, kinds, _Meter(ctx.reporter, total), ctx)
         os.replace(partial, final)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -185,11 +188,11 @@ class Piece:
     arcname: str
 
 
-def _pieces(members: list[Member], work_dir: Path) -> dict[int, list[Piece]]:
+def _pieces(members: list[Member], kinds: list[int], work_dir: Path) -> dict[int, list[Piece]]:
     """The pieces of every member deflated in parallel, by member index."""
     plan: dict[int, list[Piece]] = {}
-    for i, m in enumerate(members):
-        if m.size < PARALLEL_MIN or compress_type(m.arcname) != zipfile.ZIP_DEFLATED:
+    for i, (m, kind) in enumerate(zip(members, kinds)):
+        if m.size < PARALLEL_MIN or kind != zipfile.ZIP_DEFLATED:
             continue
         offsets = list(range(0, m.size, PIECE))
         plan[i] = [
@@ -201,8 +204,9 @@ def _pieces(members: list[Member], work_dir: Path) -> dict[int, list[Piece]]:
     return plan
 
 
-def _write_archive(target: Path, members: list[Member], meter: _Meter, ctx: ToolContext) -> None:
-    plan = _pieces(members, ctx.work_dir)
+def _write_archive(target: Path, members: list[Member], kinds: list[int], meter: _Meter,
+                   ctx: ToolContext) -> None:
+    plan = _pieces(members, kinds, ctx.work_dir)
     stop = StopSignal(ctx.cancel_event)
     jobs = [(piece, stop) for i in sorted(plan) for piece in plan[i]]
     results = fan_out(deflate_piece, jobs, reporter=meter.reporter,
@@ -219,7 +223,7 @@ def _write_archive(target: Path, members: list[Member], meter: _Meter, ctx: Tool
                         meter.advance(piece.length)
                     _write_deflated(zf, member, plan[i], sizes)
                 else:
-                    _write_member(zf, member, meter)
+                    _write_member(zf, member, kinds[i], meter)
     finally:
         results.close()
         for pieces in plan.values():
@@ -274,7 +278,7 @@ def _write_deflated(
     zf: zipfile.ZipFile, member: Member, pieces: list[Piece], sizes: list[int]
 ) -> None:
     """Copy a member's deflated pieces in, with the local header ``ZipFile.open`` writes."""
-    info = _zipinfo(member)
+    info = _zipinfo(member, zipfile.ZIP_DEFLATED)
     length = sum(p.length for p in pieces)
     if info.file_size != length:
         raise ToolError(f"'{member.arcname}' changed size during the run")
@@ -303,9 +307,9 @@ def _write_deflated(
     zf.start_dir = fp.tell()  # type: ignore[attr-defined]
 
 
-def _write_member(zf: zipfile.ZipFile, member: Member, meter: _Meter) -> None:
+def _write_member(zf: zipfile.ZipFile, member: Member, kind: int, meter: _Meter) -> None:
     with _open_source(member) as src:
-        info = _zipinfo(member)
+        info = _zipinfo(member, kind)
         with zf.open(info, "w", force_zip64=info.file_size >= FORCE_ZIP64_FROM) as dst:
             for chunk in _chunks(src, member):
                 dst.write(chunk)
@@ -319,12 +323,12 @@ def _open_source(member: Member) -> io.BufferedReader:
         raise _unreadable(member, exc) from None
 
 
-def _zipinfo(member: Member) -> zipfile.ZipInfo:
+def _zipinfo(member: Member, kind: int) -> zipfile.ZipInfo:
     try:
         info = zipfile.ZipInfo.from_file(member.path, member.arcname, strict_timestamps=False)
     except OSError as exc:
         raise _unreadable(member, exc) from None
-    info.compress_type = compress_type(member.arcname)
+    info.compress_type = kind
     return info
 
 

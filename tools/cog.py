@@ -87,7 +87,7 @@ import numpy as np
 import xarray as xr
 
 from tools.contract import Cancelled, PrintReporter, Reporter
-from tools.fanout import default_client, on_worker
+from tools.fanout import default_client, on_worker, piece, piece_result
 
 Resampling = Literal["average", "nearest"]
 
@@ -625,7 +625,8 @@ class _DaskRunner:
         self.stop = stop
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int) -> Any:
-        return self.client.submit(fn, *args, key=key, pure=False, priority=priority)
+        # a cancelled piece returns, not raises: see tools.fanout.piece
+        return self.client.submit(piece(fn), *args, key=key, pure=False, priority=priority)
 
     def put(self, data: np.ndarray) -> Any:
         return self.client.scatter(data, hash=False)
@@ -773,7 +774,7 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     stop.check()
                 for future in done:
                     j = running.pop(future)
-                    result: _PieceResult = future.result()
+                    result: _PieceResult = piece_result(future.result())
                     del future
                     _spool_tiles(spool, index, result.tiles)
                     progress.add(result.tiles)

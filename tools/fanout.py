@@ -7,19 +7,28 @@ calling a tool directly) the pieces run in a local thread pool. Either way resul
 in submission order, the parent checks for cancellation while it waits, and on cancellation
 or error the outstanding pieces are cancelled; pieces that are already running see the same
 cancellation through a :class:`StopSignal` they are given.
+
+A piece does not raise out of its Dask task (a Dask worker logs every exception a task raises
+as "Compute Failed" with a traceback): :func:`piece` runs it so that it returns how it ended
+as a value, and :func:`piece_result` raises that again in the parent, which ends the run the
+usual way. So a cancelled run or a :class:`~tools.contract.ToolError` (outcomes, not faults)
+logs nothing on the workers, and a bug in a piece is logged once, by whoever runs the tool,
+with the piece's frames in its traceback (``distributed`` pickles tracebacks).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tools.contract import Cancelled, Reporter
+from tools.contract import Cancelled, Reporter, ToolError
 
 T = TypeVar("T")
 POLL_INTERVAL = 0.01
@@ -54,6 +63,39 @@ class StopSignal:
 
 
 _STOP_CACHE: dict[str, list[Any]] = {}
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """What a piece returns instead of raising when it was cancelled or failed cleanly."""
+
+    error: Exception
+
+
+def piece(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` as a piece to submit to the cluster: whatever it raises comes back as a value
+    for :func:`piece_result` instead of failing the Dask task."""
+    return functools.partial(_run_piece, fn)
+
+
+def _run_piece(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except (Cancelled, ToolError) as exc:
+        return _Ended(exc)
+    except Exception as exc:  # a fault: it travels to the parent, traceback included
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an exception that cannot travel: Dask reports it as it can
+            raise exc from None
+        return _Ended(exc)
+
+
+def piece_result(value: Any) -> Any:
+    """A piece's result; raises the cancellation or tool error the piece ended with."""
+    if isinstance(value, _Ended):
+        raise value.error
+    return value
 
 
 def on_worker() -> bool:
@@ -110,7 +152,8 @@ def fan_out(
         dask = not isinstance(executor, concurrent.futures.Executor)
         if dask:
             keys = [f"{key_prefix}-{i}" for i in range(len(args))]
-            futures = [executor.submit(fn, *a, key=k, pure=False) for a, k in zip(args, keys)]
+            futures = [executor.submit(piece(fn), *a, key=k, pure=False)
+                       for a, k in zip(args, keys)]
         else:
             futures = [executor.submit(fn, *a) for a in args]
         try:
@@ -129,8 +172,7 @@ def _wait(future: Any, reporter: Reporter) -> Any:
         reporter.check_cancelled()
         time.sleep(POLL_INTERVAL)
     reporter.check_cancelled()
-    return future.result()
-
+    return piece_result(future.result())
 
 
 def compute(obj: Any, *, reporter: Reporter) -> Any:

@@ -25,16 +25,15 @@ def stream_zip(members: list[Member]) -> Iterator[bytes]:
 
 def zip_size(members: list[Member]) -> int | None:
     """The exact archive size when every member is stored, else ``None`` (unknowable)."""
-    if any(compress_type(m.arcname) != zipfile.ZIP_STORED for m in members):
-        return None
-    return len(_zip_stream(members))
+    zs = _zip_stream(members)
+    return len(zs) if zs.sized else None
 
 
 def _zip_stream(members: list[Member]) -> ZipStream:
-    stored_only = all(compress_type(m.arcname) == zipfile.ZIP_STORED for m in members)
+    kinds = [compress_type(m) for m in members]
+    stored_only = all(kind == zipfile.ZIP_STORED for kind in kinds)
     zs = ZipStream(compress_type=zipfile.ZIP_STORED, sized=stored_only)
-    for member in members:
-        kind = compress_type(member.arcname)
+    for member, kind in zip(members, kinds):
         level = DEFLATE_LEVEL if kind == zipfile.ZIP_DEFLATED else None
         zs.add_path(
             member.path, member.arcname, recurse=False, compress_type=kind, compress_level=level

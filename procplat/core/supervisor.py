@@ -66,6 +66,18 @@ def log_line(message: str) -> str:
     return f"[{time.strftime('%H:%M:%S', time.gmtime())}] {message}"
 
 
+def _log_outcome(outcome: Outcome, tool_id: str) -> None:
+    """One line in the service's log for how an attempt ended: a tool's clean failure is a
+    warning, a fault an error (with the traceback of a bug, once); a success is routine and
+    a cancel was logged when it was asked for (:meth:`Supervisor.cancel`)."""
+    if outcome.fault:
+        detail = f"\n{outcome.traceback.rstrip()}" if outcome.traceback else ""
+        log.error("task %s (%s) failed with an unexpected error: %s%s",
+                  outcome.task_id, tool_id, outcome.error, detail)
+    elif not (outcome.succeeded or outcome.cancelled):
+        log.warning("task %s (%s) failed: %s", outcome.task_id, tool_id, outcome.error)
+
+
 class Supervisor:
     def __init__(
         self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets
@@ -333,7 +345,10 @@ class Supervisor:
                 self._apply(s, task, pending)
             if task is None or not task.active:
                 self._discard_artifact(outcome)
+                if outcome.fault:
+                    _log_outcome(outcome, task.tool_id if task is not None else "?")
                 return
+            tool_id = task.tool_id
             if outcome.succeeded:
                 if outcome.artifact is not None:
                     a = outcome.artifact
@@ -350,6 +365,7 @@ class Supervisor:
                 self._finish_row(s, task, "Deleted", error="cancelled")
             else:
                 self._finish_row(s, task, "Failed", error=outcome.error or "failed")
+        _log_outcome(outcome, tool_id)
 
     def _index_added(self, ref: Any, rel_paths: list[str]) -> list[str]:
         """Index the files a run added, check each one is in the index (a second try for
@@ -398,8 +414,10 @@ class Supervisor:
     # cancelling -------------------------------------------------------------------------------
     async def cancel(self, task_id: str, *, by: str) -> None:
         """Stop an active task (it becomes Deleted) or mark a terminal one Deleted."""
-        was_active, started = await anyio.to_thread.run_sync(self._mark_deleted, task_id, by)
+        was_active, started, tool_id = await anyio.to_thread.run_sync(
+            self._mark_deleted, task_id, by)
         if was_active:
+            log.info("task %s (%s) cancelled by %s", task_id, tool_id, by)
             await self.engine.request_cancel(task_id, started=started)
             self._spawn(self._force_cancel_later(task_id))
 
@@ -410,22 +428,23 @@ class Supervisor:
                         CANCEL_GRACE_SECONDS)
             await self.engine.force_cancel(task_id)
 
-    def _mark_deleted(self, task_id: str, by: str) -> tuple[bool, bool]:
+    def _mark_deleted(self, task_id: str, by: str) -> tuple[bool, bool, str]:
+        """Mark a task Deleted; (whether it was active, whether it had started, its tool)."""
         with self.db.write() as s:
             task = q.get_task(s, task_id, for_update=True)
             if task is None:
-                return False, False
+                return False, False, ""
             was_active = task.active
             started = task.state == "Processing" or task_id in self._pending and self._pending[task_id].started
             if task.state == "Deleted":
-                return False, False
+                return False, False, task.tool_id
             self._append_lines(s, task, [log_line(f"Cancelled by {by}")])
             self._finish_row(s, task, "Deleted", error=f"cancelled by {by}" if was_active else task.error)
             artifact = q.get_artifact(s, task_id)
             if artifact is not None:
                 artifact.expired = True
                 shutil.rmtree(Path(artifact.storage_path).parent, ignore_errors=True)
-            return was_active, bool(started)
+            return was_active, bool(started), task.tool_id
 
     # sweeping ---------------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:

@@ -3,7 +3,10 @@
 One asynchronous ``distributed.Client`` lives in the service's event loop. Each task
 attempt is one future keyed by the task id (so the dashboard shows it under that name);
 its done callback hops from Dask's callback thread to the loop and reports an
-:class:`Outcome` to the listener. Progress and log lines arrive as worker events on
+:class:`Outcome` to the listener. The job returns how it ended (succeeded, cancelled, failed
+with a tool's message, or an unexpected error with its traceback; see
+:mod:`procplat.engine.worker`), so an exception out of the future means the cluster gave up
+on the work (e.g. ``KilledWorker`` after the worker died on every retry). Progress and log lines arrive as worker events on
 :data:`EVENT_TOPIC`. Cancellation is cooperative: a ``distributed.Event`` named after the
 task is set, the tool sees it within a fraction of a second and stops; work that has not
 started yet is simply cancelled.
@@ -27,7 +30,7 @@ from procplat.engine.job import (
     cancel_event_name,
     task_span,
 )
-from procplat.engine.worker import TaskCancelled, TaskFailed, run_job
+from procplat.engine.worker import run_job
 
 log = logging.getLogger("procplat.engine")
 
@@ -174,31 +177,12 @@ class Engine:
             return Outcome(**base, succeeded=False, lost=True, error="the cluster lost the task")
         try:
             value = await future
-        except TaskCancelled as exc:
-            return Outcome(**base, succeeded=False, cancelled=True, error="cancelled",
-                           log_lines_sent=_lines(exc))
-        except TaskFailed as exc:
-            return Outcome(**base, succeeded=False, error=str(exc.args[0]), log_lines_sent=_lines(exc))
         except asyncio.CancelledError:
             return Outcome(**base, succeeded=False, lost=True, error="the cluster lost the task")
-        except Exception as exc:  # KilledWorker and friends
-            return Outcome(**base, succeeded=False, error=f"{type(exc).__name__}: {exc}")
-        artifact = value.get("artifact")
-        return Outcome(
-            **base,
-            succeeded=True,
-            artifact=ArtifactInfo(
-                storage_path=artifact["storagePath"],
-                file_name=artifact["fileName"],
-                size_bytes=artifact["sizeBytes"],
-                sha256=artifact["sha256"],
-            ) if artifact else None,
-            summary=value.get("summary"),
-            entries_added=value.get("entriesAdded", []),
-            entries_removed=value.get("entriesRemoved", []),
-            entries_updated=value.get("entriesUpdated", []),
-            log_lines_sent=value.get("logLinesSent", 0),
-        )
+        except Exception as exc:  # KilledWorker and friends: run_job itself never raises
+            return Outcome(**base, succeeded=False, error=f"{type(exc).__name__}: {exc}",
+                           fault=True)
+        return _outcome_from(value, **base)
 
     # cancelling -----------------------------------------------------------------------------
     async def request_cancel(self, task_id: str, *, started: bool) -> None:
@@ -230,5 +214,30 @@ class Engine:
             self._listener.on_event(msg)
 
 
-def _lines(exc: BaseException) -> int:
-    return int(exc.args[1]) if len(exc.args) > 1 else 0
+def _outcome_from(value: dict[str, Any], *, task_id: str, attempt: int) -> Outcome:
+    """The :class:`Outcome` of what :func:`run_job` returned."""
+    ending = value.get("ending")
+    lines = int(value.get("logLinesSent", 0))
+    if ending != "succeeded":
+        return Outcome(
+            task_id=task_id, attempt=attempt, succeeded=False, cancelled=ending == "cancelled",
+            error=value.get("error") or "failed", log_lines_sent=lines,
+            fault=ending == "error", traceback=value.get("traceback"),
+        )
+    artifact = value.get("artifact")
+    return Outcome(
+        task_id=task_id,
+        attempt=attempt,
+        succeeded=True,
+        artifact=ArtifactInfo(
+            storage_path=artifact["storagePath"],
+            file_name=artifact["fileName"],
+            size_bytes=artifact["sizeBytes"],
+            sha256=artifact["sha256"],
+        ) if artifact else None,
+        summary=value.get("summary"),
+        entries_added=value.get("entriesAdded", []),
+        entries_removed=value.get("entriesRemoved", []),
+        entries_updated=value.get("entriesUpdated", []),
+        log_lines_sent=lines,
+    )

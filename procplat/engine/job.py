@@ -46,7 +46,9 @@ class ArtifactInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
-    """How an attempt ended, as seen by the service."""
+    """How an attempt ended, as seen by the service: succeeded; cancelled; failed with a
+    message for a person (a ToolError); or failed by a fault (an unexpected exception in the
+    tool, with its traceback, or the cluster giving up on the work)."""
 
     task_id: str
     attempt: int
@@ -60,3 +62,5 @@ class Outcome:
     entries_updated: list[EntryUpdate] = field(default_factory=list)
     log_lines_sent: int = 0
     lost: bool = False  # the scheduler lost the work (e.g. it restarted)
+    fault: bool = False  # a bug or a broken cluster, not an outcome a person caused or expects
+    traceback: str | None = None  # of the unexpected exception, when there was one

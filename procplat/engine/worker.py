@@ -5,6 +5,14 @@ lines travel to the service as worker events (``Worker.log_event`` → the sched
 service's ``subscribe_topic`` handler), runs it inside a private work folder and moves
 the artifact, with its size and sha256, into the artifact store. Whatever happens, the work
 folder is removed, so a failed or cancelled attempt leaves no partial output.
+
+Every way an attempt ends is returned, not raised: ``{"ending": ...}`` is ``succeeded``,
+``cancelled`` (the user asked it to stop), ``failed`` (the tool raised :class:`ToolError`,
+a message for a person) or ``error`` (any other exception: a bug, returned with its
+traceback for the service to log once). An exception raised out of a Dask task is logged by
+the worker as "Compute Failed" with a traceback, which is for faults, and a cancel or a clean
+tool error is an outcome. Only the death of the worker process ends an attempt without a
+return value; Dask then runs it again on another worker.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +34,6 @@ from tools.hashing import sha256_file
 
 CANCEL_CHECK_INTERVAL = 0.2
 PROGRESS_INTERVAL = 0.25
-
-
-class TaskFailed(Exception):
-    """An attempt failed with a message for a person; re-running will not help.
-
-    ``args`` are ``(message, log_lines_sent)``.
-    """
-
-
-class TaskCancelled(Exception):
-    """An attempt stopped because the task was cancelled; ``args`` as for TaskFailed."""
 
 
 class DaskReporter:
@@ -107,13 +105,31 @@ def _store_artifact(job: Job, artifact: Path, reporter: DaskReporter) -> dict[st
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Run one attempt of a task; returns a msgpack-friendly summary for the service."""
+    """Run one attempt of a task; returns how it ended, msgpack-friendly, for the service."""
     reporter = DaskReporter(job)
     reporter.started()
-    module = importlib.import_module(job.tool_module)
     work_dir = Path(job.work_root) / f"{job.task_id}-{job.attempt}"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
+    try:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        reporter.check_cancelled()
+        return _succeeded(job, _run_tool(job, work_dir, reporter), reporter)
+    except Cancelled:
+        reporter.log("Cancelled")
+        return _ended("cancelled", reporter, error="cancelled")
+    except ToolError as exc:
+        reporter.log(f"Error: {exc}")
+        return _ended("failed", reporter, error=str(exc))
+    except Exception as exc:
+        reporter.log(f"Error: {type(exc).__name__}: {exc}")
+        return _ended("error", reporter, error=f"{type(exc).__name__}: {exc}",
+                      traceback="".join(traceback.format_exception(exc)))
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run_tool(job: Job, work_dir: Path, reporter: DaskReporter) -> ToolResult:
+    module = importlib.import_module(job.tool_module)
     ctx = ToolContext(
         task_id=job.task_id,
         dataset_root=Path(job.dataset_root),
@@ -123,29 +139,25 @@ def run_job(job: Job) -> dict[str, Any]:
         limits=ToolLimits(**job.limits),
         entries=tuple(job.entries),
     )
-    try:
-        reporter.check_cancelled()
-        result: ToolResult = module.run(dict(job.params), ctx)
-        if not (result.entries_added or result.entries_removed or result.entries_updated):
-            reporter.check_cancelled()  # a run that changed the dataset has committed
-        artifact = _store_artifact(job, result.artifact, reporter) if result.artifact else None
-        reporter.progress(1.0)
-        return {
-            "artifact": artifact,
-            "summary": result.summary,
-            "entriesAdded": list(result.entries_added),
-            "entriesRemoved": list(result.entries_removed),
-            "entriesUpdated": list(result.entries_updated),
-            "logLinesSent": reporter.lines_sent,
-        }
-    except Cancelled:
-        reporter.log("Cancelled")
-        raise TaskCancelled("cancelled", reporter.lines_sent) from None
-    except ToolError as exc:
-        reporter.log(f"Error: {exc}")
-        raise TaskFailed(str(exc), reporter.lines_sent) from None
-    except Exception as exc:
-        reporter.log(f"Error: {type(exc).__name__}: {exc}")
-        raise TaskFailed(f"{type(exc).__name__}: {exc}", reporter.lines_sent) from None
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    result: ToolResult = module.run(dict(job.params), ctx)
+    if not (result.entries_added or result.entries_removed or result.entries_updated):
+        reporter.check_cancelled()  # a run that changed the dataset has committed
+    return result
+
+
+def _succeeded(job: Job, result: ToolResult, reporter: DaskReporter) -> dict[str, Any]:
+    artifact = _store_artifact(job, result.artifact, reporter) if result.artifact else None
+    reporter.progress(1.0)
+    return {
+        "ending": "succeeded",
+        "artifact": artifact,
+        "summary": result.summary,
+        "entriesAdded": list(result.entries_added),
+        "entriesRemoved": list(result.entries_removed),
+        "entriesUpdated": list(result.entries_updated),
+        "logLinesSent": reporter.lines_sent,
+    }
+
+
+def _ended(ending: str, reporter: DaskReporter, **fields: Any) -> dict[str, Any]:
+    return {"ending": ending, "logLinesSent": reporter.lines_sent, **fields}
