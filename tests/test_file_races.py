@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from procplat.client import Client, InsufficientStorage
 from tests.conftest import (
     DATABASES,
     LiveServer,
@@ -255,6 +256,10 @@ def test_upload_into_a_full_disk_answers_507_and_leaves_no_file_or_entry(
         message: Any = response.json()["error"]
         assert message.startswith("the disk is full"), message
         assert str(small_disk) not in message
+        with Client(live.url, token=world.token) as client, pytest.raises(
+            InsufficientStorage, match="the disk is full"
+        ):
+            client.dataset(f"{world.org}/{world.ds}").upload("big/too-big.bin", too_big)
         assert not (world.root / "big").exists()
         assert world.user.get(f"{world.ds_url}/entries/big/too-big.bin").status_code == 404
         assert list((world.root / ".ddb" / "tmp").iterdir()) == []

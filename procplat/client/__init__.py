@@ -48,6 +48,8 @@ Errors, as a tree::
     │   ├── RangeNotSatisfiable   416
     │   ├── TooManyRequests       429  (``retry_after`` seconds, from ``Retry-After``)
     │   └── ServerError           5xx
+    │       ├── ServiceUnavailable   503  (index or scheduler unreachable: try again)
+    │       └── InsufficientStorage  507  (the service's disk is full)
     ├── TransportError            no answer: connection refused, reset, timed out
     ├── IntegrityError            a downloaded file's sha256 differs from the ETag
     ├── WaitTimeout               ``Task.wait(timeout=...)`` ran out (also a TimeoutError)
@@ -67,12 +69,14 @@ from procplat.client._errors import (
     Forbidden,
     Gone,
     HTTPError,
+    InsufficientStorage,
     IntegrityError,
     NotFound,
     PayloadTooLarge,
     ProcplatError,
     RangeNotSatisfiable,
     ServerError,
+    ServiceUnavailable,
     TaskCancelled,
     TaskError,
     TaskFailed,
@@ -105,6 +109,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "HTTPError",
+    "InsufficientStorage",
     "IntegrityError",
     "LogPage",
     "NotFound",
@@ -113,6 +118,7 @@ __all__ = [
     "ProcplatError",
     "RangeNotSatisfiable",
     "ServerError",
+    "ServiceUnavailable",
     "Submission",
     "Task",
     "TaskCancelled",

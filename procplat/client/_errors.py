@@ -81,6 +81,14 @@ class ServerError(HTTPError):
     pass
 
 
+class ServiceUnavailable(ServerError):
+    """The service cannot answer now (its index or scheduler is unreachable); try again."""
+
+
+class InsufficientStorage(ServerError):
+    """The service's disk is full: the upload or output could not be stored."""
+
+
 class TransportError(ProcplatError):
     """No usable answer: the connection failed, was reset or timed out."""
 
@@ -120,6 +128,8 @@ _ERRORS: dict[int, type[HTTPError]] = {
     413: PayloadTooLarge,
     416: RangeNotSatisfiable,
     429: TooManyRequests,
+    503: ServiceUnavailable,
+    507: InsufficientStorage,
 }
 
 
