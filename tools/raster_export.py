@@ -28,7 +28,7 @@ from tools.contract import (
 )
 from tools.fanout import StopSignal
 from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, plan_export, render
-from tools.safepath import output_file_name, resolve_in_dataset
+from tools.safepath import normalize_relpath, output_file_name, resolve_in_dataset
 
 RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
 NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
@@ -80,22 +80,17 @@ def _render_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in RENDER_PARAMS if params.get(k) is not None}
 
 
-def _plan(src: Path, params: dict[str, Any]) -> ExportPlan:
+def _plan(src: Path, params: dict[str, Any], name: str) -> ExportPlan:
     if not src.is_file():
-        raise InvalidParams(f"raster '{params.get('path')}' does not exist")
-    try:
-        return plan_export(src, _render_params(params))
-    except InvalidParams:
-        raise
-    except Exception as exc:  # rasterio cannot read it
-        raise InvalidParams(f"'{params.get('path')}' is not a readable raster: {exc}") from None
+        raise InvalidParams(f"raster '{name}' does not exist")
+    return plan_export(src, _render_params(params), name=name)
 
 
 def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     """Everything that can be checked before queueing: the entry, the name, the rendering."""
     src = resolve_in_dataset(dataset_root, params["path"])
     output_name(params)
-    plan = _plan(src, params)
+    plan = _plan(src, params, normalize_relpath(params["path"]))
     return Plan(estimated_output_bytes=plan.estimated_output_bytes)
 
 
@@ -107,13 +102,16 @@ def export(
     stop: StopSignal | None = None,
     chunk_px: int = DEFAULT_CHUNK_PX,
     blocksize: int = 512,
+    name: str | None = None,
     **params: Any,
 ) -> CogInfo:
     """Render ``src_path`` per ``params`` (formula, bands, preset, bandFilter, colormap,
-    rescale) and write the COG to ``dst_path``. Runs on the current Dask cluster."""
+    rescale) and write the COG to ``dst_path``. Runs on the current Dask cluster.
+    ``name`` is how the log and errors name the source (default: its file name)."""
     reporter = reporter or PrintReporter()
-    plan = _plan(Path(src_path), {"path": str(src_path), **params})
-    reporter.log(f"Exporting {Path(src_path).name}: {_describe(plan)}")
+    label = name or Path(src_path).name
+    plan = _plan(Path(src_path), {"path": str(src_path), **params}, label)
+    reporter.log(f"Exporting {label}: {_describe(plan)}")
     if plan.needs_statistics:
         reporter.progress(0.0, "percentiles")
 
@@ -144,7 +142,8 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     src = resolve_in_dataset(ctx.dataset_root, params["path"])
     dst = ctx.work_dir / output_name(params)
     info = export(src, dst, reporter=ctx.reporter, stop=StopSignal(ctx.cancel_event),
-                  blocksize=ctx.limits.raster_tile_size, **_render_params(params))
+                  blocksize=ctx.limits.raster_tile_size, name=normalize_relpath(params["path"]),
+                  **_render_params(params))
     return ToolResult(
         artifact=dst,
         summary={"width": info.width, "height": info.height, "bands": info.count,

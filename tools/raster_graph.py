@@ -75,7 +75,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from tools import colormaps, sensors, spectral
+from tools import colormaps, raster_checks, sensors, spectral
 from tools.contract import InvalidParams
 
 DEFAULT_CHUNK_PX = 2048
@@ -115,6 +115,7 @@ class RasterHeader:
     height: int
     count: int
     dtype: str  # numpy name of band 1's type
+    name: str = ""  # how messages name the raster (a dataset path), never the server's path
     block_shape: tuple[int, int] = (256, 256)  # (rows, cols) of band 1
     nodatavals: tuple[float | None, ...] = ()
     colorinterp: tuple[str, ...] = ()
@@ -158,14 +159,25 @@ class RasterHeader:
         return self.nodatavals[band - 1] if band - 1 < len(self.nodatavals) else None
 
 
-def read_header(path: str | Path) -> RasterHeader:
-    """Read a raster's header with rasterio (metadata only)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+def read_header(path: str | Path, *, name: str | None = None) -> RasterHeader:
+    """Read a raster's header with rasterio (metadata only) and check its blocks lie
+    inside the file (:func:`tools.raster_checks.check_blocks`).
 
+    ``name`` is how errors name the file (a tool passes the dataset path; default: the
+    file name). Raises :class:`~tools.raster_checks.RasterUnreadable` when GDAL cannot open
+    it, :class:`~tools.raster_checks.RasterDamaged` when it is truncated.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    label = name or Path(path).name
     with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE"):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
+        try:
+            src = rasterio.open(path)
+        except RasterioError:
+            raise raster_checks.unreadable(label) from None
+        with src:
             metadata = [f"{k}={v}" for k, v in src.tags().items()]
             for namespace in src.tag_namespaces():
                 if namespace in _SKIPPED_DOMAINS:
@@ -173,13 +185,17 @@ def read_header(path: str | Path) -> RasterHeader:
                 metadata += [f"{k}={v}" for k, v in src.tags(ns=namespace).items()]
             for band in range(1, src.count + 1):
                 metadata += [f"{k}={v}" for k, v in src.tags(band).items()]
-            rows, cols = src.block_shapes[0] if src.count else (256, 256)
+            if not src.count:
+                raise raster_checks.RasterUnreadable(f"{label} has no bands")
+            raster_checks.check_blocks(src, label)
+            rows, cols = src.block_shapes[0]
             return RasterHeader(
                 path=str(path),
+                name=label,
                 width=src.width,
                 height=src.height,
                 count=src.count,
-                dtype=str(src.dtypes[0]) if src.count else "uint8",
+                dtype=str(src.dtypes[0]),
                 block_shape=(int(rows), int(cols)),
                 nodatavals=tuple(None if v is None else float(v) for v in src.nodatavals),
                 colorinterp=tuple(ci.name for ci in src.colorinterp),
@@ -208,16 +224,29 @@ def header_of(da: xr.DataArray) -> RasterHeader:
 # --- opening -----------------------------------------------------------------------------
 
 
-def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX) -> xr.DataArray:
-    """Open a raster as a lazy ``(band, y, x)`` DataArray chunked on its internal blocks."""
-    import rioxarray
+def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX,
+                name: str | None = None) -> xr.DataArray:
+    """Open a raster as a lazy ``(band, y, x)`` DataArray chunked on its internal blocks.
 
-    header = read_header(path)
+    ``name`` names the raster in errors (see :func:`read_header`); a chunk that cannot be
+    read raises :class:`~tools.raster_checks.RasterDamaged` naming the block.
+    """
+    import os
+    from functools import partial
+
+    import rioxarray
+    from dask.base import tokenize
+
+    header = read_header(path, name=name)
     rows, cols = chunk_shape(header, chunk_px)
-    da = rioxarray.open_rasterio(
-        path, chunks={"band": -1, "y": rows, "x": cols}, lock=False, masked=False
-    )
+    da = rioxarray.open_rasterio(path, lock=False, masked=False, cache=False)
     assert isinstance(da, xr.DataArray)
+    chunks = {"band": -1, "y": rows, "x": cols}
+    # as rioxarray names its chunks (file, mtime, chunks), read through raster_checks
+    token = tokenize(str(path), os.path.getmtime(path), chunks)
+    da = da.chunk(chunks, name_prefix=f"open_rasterio-{token}", token=token,
+                  from_array_kwargs={"getitem": partial(raster_checks.read_window,
+                                                        name=header.name)})
     da.attrs["raster_header"] = header
     return da
 
@@ -778,6 +807,7 @@ class ExportPlan:
 
     source_path: str
     mode: Literal["index", "composite"]
+    source_name: str = ""  # how messages name the source (a dataset path)
     decided_by: Literal["formula", "bands", "preset", "default"]
     width: int
     height: int
@@ -805,7 +835,8 @@ class ExportPlan:
         return spec is None or spec.range is None
 
 
-def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
+def plan_export(src_path: str | Path, params: Mapping[str, Any], *,
+                name: str | None = None) -> ExportPlan:
     """Resolve and validate raster-export parameters against the raster's header.
 
     Precedence formula → bands → preset → default. The default: the sensor profile's default
@@ -813,9 +844,10 @@ def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
     a single-band raster that looks thermal gets CELSIUS with ironbow, any other the values
     of band 1 with grayscale and the percentile rescale. Every parameter given is validated
     even when another takes precedence. ``path``/``fileName`` and unknown keys are ignored.
-    Raises :class:`InvalidParams` naming the problem.
+    Raises :class:`InvalidParams` naming the problem (``name`` names the raster: see
+    :func:`read_header`).
     """
-    header = read_header(src_path)
+    header = read_header(src_path, name=name)
     formula = _optional_text(params, "formula")
     colormap = _optional_text(params, "colormap")
     preset_id = _optional_text(params, "preset")
@@ -829,7 +861,7 @@ def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
     raw_bands = params.get("bands")
     bands = parse_bands(raw_bands, header.count) if raw_bands not in (None, "", []) else None
     rescale = parse_rescale(params.get("rescale"))
-    base = dict(source_path=str(src_path), width=header.width, height=header.height,
+    base = dict(source_path=str(src_path), source_name=header.name, width=header.width, height=header.height,
                 sensor=header.sensor.id if header.sensor else None, band_filter=letters,
                 rescale=rescale)
 
@@ -937,7 +969,7 @@ def render(
     """
     run = compute if compute is not None else (lambda delayed: delayed.compute())
     if da is None:
-        da = open_raster(plan.source_path, chunk_px=chunk_px)
+        da = open_raster(plan.source_path, chunk_px=chunk_px, name=plan.source_name or None)
     if plan.mode == "index":
         if plan.formula is not None:
             values = index(da, plan.formula, list(plan.band_filter))
