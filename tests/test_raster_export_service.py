@@ -68,7 +68,7 @@ def test_ndvi_export_is_a_valid_cog_equal_to_the_notebook_api(
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"formula": "NOPE"}, "unknown formula"),
+        ({"formula": "NOPE"}, "formula: 'NOPE' is not one of: VARI, EXG"),
         ({"colormap": "sparkles", "formula": "NDVI", "bandFilter": "RGBN"}, "colormap"),
         ({"preset": "no-such-preset"}, "preset"),
         ({"bands": "1,2,9"}, "band"),

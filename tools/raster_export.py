@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools import fanout, spectral
+from tools import colormaps, fanout, sensors, spectral
 from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
@@ -27,11 +27,19 @@ from tools.contract import (
     ToolSpec,
 )
 from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, plan_export, render
+from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, filter_text, plan_export, render
 from tools.safepath import normalize_relpath, output_file_name, resolve_in_dataset
 
 RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
 NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
+# One token per band: a band letter, or a non-letter (e.g. "_") that skips the band.
+BAND_FILTER_PATTERN = "^(Re|[RGBNT]|[^A-Za-z])*$"
+
+
+def _one_of(values: Any, description: str) -> dict[str, Any]:
+    """A nullable string restricted to ``values`` (listed for clients in ``enum``)."""
+    return {"type": ["string", "null"], "enum": [*values, None], "description": description}
+
 
 SPEC = ToolSpec(
     id="raster-export",
@@ -48,7 +56,10 @@ SPEC = ToolSpec(
         "properties": {
             "path": {"type": "string", "minLength": 1, "maxLength": 1024,
                      "description": "The raster entry to export."},
-            "preset": {**NULLABLE_TEXT, "description": "A preset id, e.g. true-color, ndvi."},
+            "preset": _one_of(sensors.preset_ids(),
+                              "A preset: a band composite or an index with its colormap. "
+                              "Which a raster has depends on its sensor profile (a 400 lists "
+                              "them)."),
             "bands": {
                 "description": "1-based bands of a uint8 composite: \"4,3,2\" or [4, 3, 2].",
                 "anyOf": [
@@ -58,10 +69,22 @@ SPEC = ToolSpec(
                     {"type": "null"},
                 ],
             },
-            "formula": {**NULLABLE_TEXT, "description": "A spectral index, e.g. NDVI, VARI."},
-            "bandFilter": {**NULLABLE_TEXT, "description": "Band letters in band order, e.g. RGBN."},
-            "colormap": {**NULLABLE_TEXT, "description": "A colormap id, e.g. rdylgn, viridis."},
-            "rescale": {**NULLABLE_TEXT, "description": "\"min,max\" of the colour scale."},
+            "formula": _one_of(spectral.FORMULAS, "A spectral index (its bands come from "
+                               "bandFilter), rendered with colormap."),
+            "bandFilter": {**NULLABLE_TEXT, "pattern": BAND_FILTER_PATTERN,
+                           "description": "Which band is which, one token per band in band "
+                           "order: R, G, B, N (near infrared), Re (red edge), T (thermal); a "
+                           "non-letter such as _ skips a band. E.g. RGBN, BGRReN, RGB_. "
+                           "Default: from the sensor profile, band descriptions or colour "
+                           "interpretation, else RGB."},
+            "colormap": _one_of(colormaps.COLORMAPS, "The colormap of an index."),
+            "rescale": {**NULLABLE_TEXT, "description":
+                        "The values mapped to the ends of the colour scale: \"min,max\" "
+                        "(e.g. \"-1,1\"), or \"auto\": the 2nd-98th percentile of the "
+                        "index's values even when the formula has a range (for indices of "
+                        "raw digital numbers, whose NDVI spans e.g. -0.3..0.3). Default: the "
+                        "formula's range (-1..1 for NDVI), else the 2nd-98th percentile; "
+                        "composites: a byte source as it is, others stretched by min/max."},
             "fileName": {**NULLABLE_TEXT, "description": "Base name of the artifact."},
         },
     },
@@ -132,10 +155,13 @@ def _describe(plan: ExportPlan) -> str:
     if plan.mode == "index":
         what = plan.formula or f"band {plan.value_band}"
         spec = spectral.lookup(plan.formula) if plan.formula else None
-        fixed = plan.rescale or (spec.range if spec is not None else None)
+        fixed = None if plan.rescale_auto else plan.rescale or (spec.range if spec else None)
         scale = f"{fixed[0]:g},{fixed[1]:g}" if fixed else "2nd-98th percentile"
-        return f"{what} with {plan.colormap} (rescale {scale}), {size}, by {plan.decided_by}"
-    return f"bands {','.join(map(str, plan.bands or ()))} ({plan.stretch}), {size}, by {plan.decided_by}"
+        described = f"{what} with {plan.colormap} (rescale {scale}), {size}, by {plan.decided_by}"
+    else:
+        described = (f"bands {','.join(map(str, plan.bands or ()))} ({plan.stretch}), {size}, "
+                     f"by {plan.decided_by}")
+    return f"{described}; band filter {filter_text(plan.band_filter)} from {plan.band_filter_rule}"
 
 
 def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
