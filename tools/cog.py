@@ -86,14 +86,17 @@ import imagecodecs
 import numpy as np
 import xarray as xr
 
+from tools import piece_progress
 from tools.contract import Cancelled, PrintReporter, Reporter
 from tools.fanout import default_client, on_worker
+from tools.piece_progress import Counter, Ticker
 
 Resampling = Literal["average", "nearest"]
 
 DEFAULT_PIECE = 2048
 MAX_PIECE = 8192
 WAIT_SLICE = 0.2
+PROGRESS_SLICE = 0.05  # the longest the writer waits for a piece before updating progress
 POLL_INTERVAL = 0.01
 BIGTIFF_THRESHOLD = 2**32 - 1  # a classic TIFF cannot address more
 _COPY_CHUNK = 8 << 20
@@ -146,8 +149,8 @@ def write_cog(
     integers and 3 (floating point) for floats, 1 without compression; ``level`` None means
     GDAL's default for the codec. ``piece_size`` (a power-of-two multiple of ``blocksize``)
     is the side of the windows computed per task; by default 2048 or the source chunk size.
-    Progress phases: ``rendering`` (fraction of full-resolution tiles written),
-    ``overviews``, ``assembling``. Raises :class:`Cancelled` when ``reporter`` or ``stop``
+    Progress phases: ``rendering`` (fraction of full-resolution tiles encoded, moving tile by
+    tile as the pieces run; a log line at every tenth), ``overviews``, ``assembling``. Raises :class:`Cancelled` when ``reporter`` or ``stop``
     say so; nothing is left at ``dst_path`` or beside it then, or on error.
     """
     reporter = reporter if reporter is not None else PrintReporter(quiet=True)
@@ -544,10 +547,11 @@ def _future_type() -> type | None:
 
 
 def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
-                  stop: Stop | None) -> _PieceResult:
+                  stop: Stop | None, ticker: Ticker | None = None) -> _PieceResult:
     """Compute one piece, encode its tiles at every level it holds, return the rest.
 
-    Runs as a task on the cluster (or in a local thread)."""
+    Runs as a task on the cluster (or in a local thread); each full-resolution tile it
+    encodes ticks ``ticker`` (the caller's progress, before the result is back)."""
     if stop is not None:
         stop.check()
     codec = job.codec
@@ -564,6 +568,8 @@ def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
                     stop.check()
                 block = arr[:, ty:ty + b, tx:tx + b]
                 tiles.append((job.level + j, row0 + ty // b, col0 + tx // b, codec.encode(block)))
+                if ticker is not None and job.level + j == 0:
+                    ticker.tick()
         if j < job.levels - 1 or job.residual:
             arr = codec.reduce(arr)
     return _PieceResult(tiles, arr if job.residual else None)
@@ -576,6 +582,7 @@ def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
 class _Runner(Protocol):
     slots: int
     stop: Stop | None
+    client: Any  # the distributed client pieces run through, None for local threads
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int) -> Any: ...
 
@@ -591,6 +598,7 @@ class _ThreadRunner:
                  stop: Stop | None) -> None:
         self.pool = pool
         self.slots = slots
+        self.client = None
         self.event = threading.Event()
         self.outer = stop
         self.stop: Stop | None = self
@@ -700,19 +708,27 @@ class _Pending:
 
 @dataclass
 class _Progress:
+    """Phase ``rendering``: the fraction of full-resolution tiles encoded (ticked by the
+    pieces as they go, or counted from their results, whichever is ahead), reported at
+    every percent, and logged at every tenth; then ``overviews``: the overview tiles."""
+
     reporter: Reporter
     layout: _Layout
+    encoded: Counter = field(default_factory=Counter)  # full-resolution tiles ticked
     main_total: int = 0
     ovr_total: int = 0
     main_done: int = 0
     ovr_done: int = 0
-    last: float = field(default_factory=time.monotonic)
+    phase: str = "rendering"
+    shown: int = -1  # the percent last reported in the current phase
+    logged: int = 0  # the tenths of the rendering logged
 
     def __post_init__(self) -> None:
         self.main_total = int(np.prod(self.layout.tiles(0)))
         self.ovr_total = sum(int(np.prod(self.layout.tiles(lv)))
                              for lv in range(1, self.layout.nlevels + 1))
         self.reporter.progress(0.0, "rendering")
+        self.shown = 0
 
     def add(self, tiles: list[tuple[int, int, int, bytes]]) -> None:
         for t in tiles:
@@ -720,14 +736,31 @@ class _Progress:
                 self.main_done += 1
             else:
                 self.ovr_done += 1
-        now = time.monotonic()
-        if now - self.last < 0.1 and self.main_done < self.main_total:
-            return
-        self.last = now
+        self.refresh()
+
+    def refresh(self) -> None:
+        main = min(self.main_total, max(self.main_done, self.encoded.value))
         if self.main_done < self.main_total:
-            self.reporter.progress(self.main_done / self.main_total, "rendering")
-        else:
-            self.reporter.progress(self.ovr_done / max(1, self.ovr_total), "overviews")
+            self._show(main / self.main_total, "rendering")
+            self._log(main)
+            return
+        self._log(self.main_total)
+        self._show(self.ovr_done / max(1, self.ovr_total), "overviews")
+
+    def _show(self, fraction: float, phase: str) -> None:
+        if phase != self.phase:
+            self.phase, self.shown = phase, -1
+        percent = int(fraction * 100)
+        if percent > self.shown:
+            self.shown = percent
+            self.reporter.progress(fraction, phase)
+
+    def _log(self, main: int) -> None:
+        tenths = main * 10 // self.main_total
+        if tenths > self.logged:
+            self.logged = tenths
+            self.reporter.log(f"Rendering: {tenths * 10}% ({main:,} of {self.main_total:,} "
+                              f"full-resolution tiles)")
 
 
 def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
@@ -738,7 +771,6 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
         reporter.log(f"Source chunks do not line up with {layout.piece}² pieces: "
                      f"{overlap:.2f}× the pixels are computed")
     index = _TileIndex.empty(layout)
-    progress = _Progress(reporter, layout)
     pending: dict[tuple[int, int, int], _Pending] = {}
     queue = deque(_morton(*layout.pieces(0)))
 
@@ -748,15 +780,18 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     y0=ys.start, x0=xs.start, levels=layout.stage_levels(stage),
                     residual=stage + 1 < layout.nstages, source=source, codec=codec)
 
-    with _runner(stop) as runner:
+    with _runner(stop) as runner, piece_progress.counting(runner.client) as (ticker, encoded):
+        pieces = len(queue)
         reporter.log(f"Writing a {layout.width}×{layout.height}×{codec.count} {codec.dtype} COG: "
-                     f"{len(queue)} pieces of {layout.piece}², {layout.nlevels} overviews, "
-                     f"{runner.slots} parallel tasks")
+                     f"{pieces} piece{'s' if pieces != 1 else ''} of {layout.piece}², "
+                     f"{layout.nlevels} overview{'s' if layout.nlevels != 1 else ''}, "
+                     f"{runner.slots} parallel task{'s' if runner.slots != 1 else ''}")
+        progress = _Progress(reporter, layout, encoded)
         window = 2 * runner.slots
         running: dict[Any, _Job] = {}
 
         def submit(j: _Job, data: Any, remote: dict[Any, Any]) -> None:
-            future = runner.submit(_render_piece, j, data, remote, runner.stop,
+            future = runner.submit(_render_piece, j, data, remote, runner.stop, ticker,
                                    key=f"cog-{token}-{j.stage}-{j.row}-{j.col}",
                                    priority=j.stage)
             running[future] = j
@@ -767,7 +802,8 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     row, col = queue.popleft()
                     source, remote = sources.get(*layout.window(0, row, col))
                     submit(job(0, row, col, source), None, remote)
-                done = runner.wait_any(list(running), WAIT_SLICE)
+                done = runner.wait_any(list(running), PROGRESS_SLICE)
+                progress.refresh()
                 reporter.check_cancelled()
                 if stop is not None:
                     stop.check()
