@@ -258,7 +258,11 @@ def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX,
     assert isinstance(da, xr.DataArray)
     chunks = {"band": -1, "y": rows, "x": cols}
     # as rioxarray names its chunks (file, mtime, chunks), read through raster_checks
-    token = tokenize(str(path), os.path.getmtime(path), chunks)
+    try:
+        mtime: float | None = os.path.getmtime(path)
+    except OSError:  # not a local file (a GDAL virtual path)
+        mtime = None
+    token = tokenize(str(path), mtime, chunks)
     da = da.chunk(chunks, name_prefix=f"open_rasterio-{token}", token=token,
                   from_array_kwargs={"getitem": partial(raster_checks.read_window,
                                                         name=header.name)})
