@@ -89,14 +89,13 @@ import xarray as xr
 from tools import piece_progress
 from tools.contract import Cancelled, PrintReporter, Reporter
 from tools.fanout import default_client, on_worker
-from tools.piece_progress import Counter, Ticker
+from tools.piece_progress import Ticker
 
 Resampling = Literal["average", "nearest"]
 
 DEFAULT_PIECE = 2048
 MAX_PIECE = 8192
 WAIT_SLICE = 0.2
-PROGRESS_SLICE = 0.05  # the longest the writer waits for a piece before updating progress
 POLL_INTERVAL = 0.01
 BIGTIFF_THRESHOLD = 2**32 - 1  # a classic TIFF cannot address more
 _COPY_CHUNK = 8 << 20
@@ -709,12 +708,14 @@ class _Pending:
 @dataclass
 class _Progress:
     """Phase ``rendering``: the fraction of full-resolution tiles encoded (ticked by the
-    pieces as they go, or counted from their results, whichever is ahead), reported at
-    every percent, and logged at every tenth; then ``overviews``: the overview tiles."""
+    pieces as each is encoded, or counted from their results, whichever is ahead), reported
+    at every percent and logged at every tenth; then ``overviews``: the overview tiles.
+    Thread-safe: ticks come from the pieces' threads or the client's event loop."""
 
     reporter: Reporter
     layout: _Layout
-    encoded: Counter = field(default_factory=Counter)  # full-resolution tiles ticked
+    encoded: int = 0  # full-resolution tiles ticked
+    lock: threading.Lock = field(default_factory=threading.Lock)
     main_total: int = 0
     ovr_total: int = 0
     main_done: int = 0
@@ -731,15 +732,21 @@ class _Progress:
         self.shown = 0
 
     def add(self, tiles: list[tuple[int, int, int, bytes]]) -> None:
-        for t in tiles:
-            if t[0] == 0:
-                self.main_done += 1
-            else:
-                self.ovr_done += 1
-        self.refresh()
+        with self.lock:
+            for t in tiles:
+                if t[0] == 0:
+                    self.main_done += 1
+                else:
+                    self.ovr_done += 1
+            self._refresh()
 
-    def refresh(self) -> None:
-        main = min(self.main_total, max(self.main_done, self.encoded.value))
+    def tick(self, tiles: int) -> None:
+        with self.lock:
+            self.encoded += tiles
+            self._refresh()
+
+    def _refresh(self) -> None:
+        main = min(self.main_total, max(self.main_done, self.encoded))
         if self.main_done < self.main_total:
             self._show(main / self.main_total, "rendering")
             self._log(main)
@@ -759,8 +766,8 @@ class _Progress:
         tenths = main * 10 // self.main_total
         if tenths > self.logged:
             self.logged = tenths
-            self.reporter.log(f"Rendering: {tenths * 10}% ({main:,} of {self.main_total:,} "
-                              f"full-resolution tiles)")
+            self.reporter.log(f"Rendering: {main * 100 // self.main_total}% ({main:,} of "
+                              f"{self.main_total:,} full-resolution tiles)")
 
 
 def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
@@ -780,13 +787,13 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     y0=ys.start, x0=xs.start, levels=layout.stage_levels(stage),
                     residual=stage + 1 < layout.nstages, source=source, codec=codec)
 
-    with _runner(stop) as runner, piece_progress.counting(runner.client) as (ticker, encoded):
+    progress = _Progress(reporter, layout)
+    with _runner(stop) as runner, piece_progress.counting(progress.tick, runner.client) as ticker:
         pieces = len(queue)
         reporter.log(f"Writing a {layout.width}×{layout.height}×{codec.count} {codec.dtype} COG: "
                      f"{pieces} piece{'s' if pieces != 1 else ''} of {layout.piece}², "
                      f"{layout.nlevels} overview{'s' if layout.nlevels != 1 else ''}, "
                      f"{runner.slots} parallel task{'s' if runner.slots != 1 else ''}")
-        progress = _Progress(reporter, layout, encoded)
         window = 2 * runner.slots
         running: dict[Any, _Job] = {}
 
@@ -802,8 +809,7 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     row, col = queue.popleft()
                     source, remote = sources.get(*layout.window(0, row, col))
                     submit(job(0, row, col, source), None, remote)
-                done = runner.wait_any(list(running), PROGRESS_SLICE)
-                progress.refresh()
+                done = runner.wait_any(list(running), WAIT_SLICE)
                 reporter.check_cancelled()
                 if stop is not None:
                     stop.check()

@@ -2,15 +2,16 @@
 
 A task that fans pieces out (:mod:`tools.cog`) learns that a piece is done only when its
 result arrives, which for a 2048² piece is a sixteenth of a 6000² raster at once. To move
-its progress while pieces run, it hands each piece a :class:`Ticker` and reads a
-:class:`Counter`: a piece calls ``ticker.tick(n)`` as it finishes units of work (tiles).
+its progress while pieces run, it hands each piece a :class:`Ticker` (:func:`counting`): a
+piece calls ``ticker.tick(n)`` as it finishes units of work (tiles), and the counting task's
+``sink(n)`` is called.
 
 - In the process that counts (local threads, or a piece on the counting task's own worker),
-  ``tick`` adds to the counter directly.
+  ``tick`` calls the sink directly.
 - Elsewhere it is a worker event on the one topic :data:`TOPIC` (``Worker.log_event``, as
   the service's own events travel; the scheduler keeps a bounded log per topic, so one
   shared topic keeps it bounded), which the counting process's client receives
-  (``Client.subscribe_topic``) and routes to the counter by the ticker's token.
+  (``Client.subscribe_topic``) and routes to the sink by the ticker's token.
 
 Ticks are a hint for progress: one lost before the subscription reached the scheduler is
 made up when the piece's result arrives (callers show the larger of both counts).
@@ -31,23 +32,6 @@ TOPIC = "procplat-piece-progress"
 _SINKS: dict[str, Callable[[int], None]] = {}
 _LOCK = threading.Lock()
 _SUBSCRIBED: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-class Counter:
-    """A thread-safe running total."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self._value += n
-
-    @property
-    def value(self) -> int:
-        with self._lock:
-            return self._value
 
 
 @dataclass(frozen=True)
@@ -71,19 +55,19 @@ class Ticker:
 
 
 @contextmanager
-def counting(client: Any = None) -> Iterator[tuple[Ticker, Counter]]:
-    """A ticker for pieces and the counter their ticks add to, while the block runs.
+def counting(sink: Callable[[int], None], client: Any = None) -> Iterator[Ticker]:
+    """A ticker for pieces whose ticks call ``sink(n)`` while the block runs (from the
+    piece's thread, or the client's event loop thread: ``sink`` must be thread-safe).
     ``client`` (a ``distributed.Client``, or None for local threads) receives the ticks of
     pieces running in other processes."""
-    counter = Counter()
     token = uuid.uuid4().hex
     with _LOCK:
-        _SINKS[token] = counter.add
+        _SINKS[token] = sink
         if client is not None and client not in _SUBSCRIBED:
             client.subscribe_topic(TOPIC, _route)
             _SUBSCRIBED.add(client)
     try:
-        yield Ticker(token), counter
+        yield Ticker(token)
     finally:
         with _LOCK:
             _SINKS.pop(token, None)
