@@ -15,6 +15,10 @@ every level is computed from the one above, in parallel, from bounded windows. P
 submitted in Morton (Z) order through a window of 2 × the cluster's threads, so only a few
 pieces and at most one or two unfinished next-level pieces are ever alive.
 
+Each task ticks the caller's progress as it encodes a full-resolution tile
+(:mod:`tools.piece_progress`), so the percent of phase ``rendering`` moves tile by tile
+rather than piece by piece (a 2048² piece is 44% of a 3072² raster).
+
 The caller appends the compressed tiles, as they arrive, to a spool file next to the
 destination, each already framed the way GDAL frames COG tiles (a 4-byte size before, the
 last 4 bytes repeated after). At the end it writes the COG itself: the TIFF header, GDAL's
@@ -149,8 +153,9 @@ def write_cog(
     GDAL's default for the codec. ``piece_size`` (a power-of-two multiple of ``blocksize``)
     is the side of the windows computed per task; by default 2048 or the source chunk size.
     Progress phases: ``rendering`` (fraction of full-resolution tiles encoded, moving tile by
-    tile as the pieces run; a log line at every tenth), ``overviews``, ``assembling``. Raises :class:`Cancelled` when ``reporter`` or ``stop``
-    say so; nothing is left at ``dst_path`` or beside it then, or on error.
+    tile as the pieces run; a log line at every tenth), ``overviews``, ``assembling``.
+    Raises :class:`Cancelled` when ``reporter`` or ``stop`` say so; nothing is left at
+    ``dst_path`` or beside it then, or on error.
     """
     reporter = reporter if reporter is not None else PrintReporter(quiet=True)
     da = _as_band_y_x(da)
