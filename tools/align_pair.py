@@ -15,7 +15,7 @@ from affine import Affine
 
 from tools import registration as reg
 from tools.contract import InvalidParams
-from tools.raster_checks import reads_of, unreadable
+from tools.raster_checks import checked_read, unreadable
 from tools.raster_graph import RasterHeader, read_header
 
 LUMA = (0.299, 0.587, 0.114)
@@ -94,8 +94,7 @@ def read_values(ds: Any, grid: RasterGrid, window: Any,
     options: dict[str, Any] = {"window": window}
     if out_shape is not None:
         options.update(out_shape=(len(indexes), *out_shape), resampling=Resampling.average)
-    with reads_of(grid.name):
-        data = ds.read(indexes, **options).astype(np.float64)
+    data = checked_read(grid.name, ds.read, indexes, **options).astype(np.float64)
     bands = data[: len(grid.bands)]
     valid = np.all(np.isfinite(bands), axis=0)
     if grid.nodata is not None and not math.isnan(grid.nodata):
@@ -104,8 +103,7 @@ def read_values(ds: Any, grid: RasterGrid, window: Any,
         valid &= data[-1] >= grid.opaque if out_shape is not None else data[-1] > 0
     if grid.mask_band:
         mask_options = {"window": window, "out_shape": out_shape} if out_shape else {"window": window}
-        with reads_of(grid.name):
-            valid &= ds.dataset_mask(**mask_options) > 0
+        valid &= checked_read(grid.name, ds.dataset_mask, **mask_options) > 0
     if out_shape is not None:  # a reduced pixel may mix valid and nodata pixels at edges
         from scipy import ndimage
 

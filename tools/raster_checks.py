@@ -14,7 +14,7 @@ the end of the tiles or strips GDAL knows about (``BLOCK_OFFSET_x_y``/``BLOCK_SI
 the ``TIFF`` metadata domain), which finds a truncated file without reading any pixel.
 Damage inside the file (a tile whose bytes do not decode) is found only by reading it:
 :func:`read_error` turns GDAL's read failure into a :class:`RasterDamaged` naming the block
-(``x,y`` in blocks, GDAL's order), and :func:`reads_of` does it around any read. Both are
+(``x,y`` in blocks, GDAL's order), and :func:`checked_read` makes any read that way. Both are
 :class:`tools.contract.InvalidParams`, so before queueing they are a 400 and in a run the
 task fails with the same message.
 """
@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tools.contract import InvalidParams
 
@@ -34,6 +33,7 @@ from tools.contract import InvalidParams
 MAX_CHECKED_BLOCKS = 1 << 14
 _GDAL_BLOCK = re.compile(r"X offset (\d+), Y offset (\d+)")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s,:;'\"]+")
+T = TypeVar("T")
 
 
 class RasterUnreadable(InvalidParams):
@@ -102,15 +102,20 @@ def _scrub(message: str) -> str:
     return " ".join(_ABSOLUTE_PATH.sub("…", message).split()).rstrip(".")
 
 
-@contextmanager
-def reads_of(name: str) -> Iterator[None]:
-    """Pixel reads inside turn GDAL's read failures into :class:`RasterDamaged`."""
+def checked_read(name: str, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``read(*args, **kwargs)``, with GDAL's read failures turned into
+    :class:`RasterDamaged` — the way every pixel read of a tool is made.
+
+    The error is raised after the ``except`` block, so it carries no ``__context__``: Dask
+    pickles an exception with its whole chain (tblib), GDAL's errors do not unpickle, and
+    Dask would then send a bare ``Exception(repr)`` instead of this clean error."""
     from rasterio.errors import RasterioIOError
 
     try:
-        yield
+        return read(*args, **kwargs)
     except RasterioIOError as exc:
-        raise read_error(name, exc) from None
+        error = read_error(name, exc)
+    raise error
 
 
 def read_window(array: Any, key: Any, *, name: str) -> Any:
@@ -118,5 +123,4 @@ def read_window(array: Any, key: Any, *, name: str) -> Any:
     the chunks of :func:`tools.raster_graph.open_raster` are read."""
     import numpy as np
 
-    with reads_of(name):
-        return np.asarray(array[key])
+    return checked_read(name, lambda: np.asarray(array[key]))

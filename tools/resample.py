@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from tools.raster_checks import reads_of
+from tools.raster_checks import checked_read
 from tools.raster_graph import RasterHeader, read_header
 from tools.registration import Similarity, apply_affine
 
@@ -148,10 +148,10 @@ def _sample(plan: _Plan, window: tuple[int, int, int, int], si: np.ndarray, sj: 
     from scipy import ndimage
 
     i0, j0, i1, j1 = window
-    with rasterio.open(plan.path) as ds, reads_of(plan.name):
+    with rasterio.open(plan.path) as ds:
         win = Window(j0, i0, j1 - j0, i1 - i0)
-        data = ds.read(window=win)
-        valid = ds.dataset_mask(window=win) > 0
+        data = checked_read(plan.name, ds.read, window=win)
+        valid = checked_read(plan.name, ds.dataset_mask, window=win) > 0
     if np.dtype(plan.dtype).kind == "f":
         valid &= np.all(np.isfinite(data), axis=0)
     coords = np.array([si - i0, sj - j0])
