@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 from tools.contract import InvalidParams
 
-# Blocks whose offsets are compared with the file size, per band at most: every block of a
-# raster up to 16384² in 128² tiles; for more, the last ones (where writers append).
+# Blocks whose offsets are compared with the file size, at most: every block of a raster up
+# to 16384² in 128² tiles; for more, the last ones of each band (where writers append).
 MAX_CHECKED_BLOCKS = 1 << 14
 _GDAL_BLOCK = re.compile(r"X offset (\d+), Y offset (\d+)")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s,:;'\"]+")
@@ -59,7 +59,7 @@ def check_blocks(src: Any, name: str) -> None:
     nx, ny = -(-src.width // cols), -(-src.height // rows)
     bands = range(1, src.count + 1) if _band_interleaved(src) else range(1, min(src.count, 1) + 1)
     total = nx * ny
-    first = max(0, total - MAX_CHECKED_BLOCKS)
+    first = max(0, total - max(1, MAX_CHECKED_BLOCKS // len(bands or (1,))))
     for band in bands:
         for i in range(first, total):
             x, y = i % nx, i // nx
