@@ -325,7 +325,7 @@ def test_align_over_http_writes_an_indexed_cog_and_logs_its_result(
         ({"outputPath": "src.tif"}, "must differ"),
         ({"outputPath": "out.png"}, ".tif"),
         ({"outputPath": ".ddb/out.tif"}, ".ddb"),
-        ({"sourcePath": "notes.txt"}, "not a readable raster"),
+        ({"sourcePath": "notes.txt"}, "notes.txt is not a raster GDAL can read"),
     ],
 )
 def test_bad_requests_are_400_before_queueing(

@@ -133,7 +133,7 @@ def test_ndvi_rest_client_notebook(world: World, monkeypatch: pytest.MonkeyPatch
     assert "notebook/field.tif georaster" in out and "  bandCount: 4\n" in out  # indexed
     assert "deduplicated: False" in out
     assert "state: Succeeded" in out
-    assert "Exporting field.tif: NDVI with rdylgn" in out  # the task's log, printed
+    assert "Exporting notebook/field.tif: NDVI with rdylgn" in out  # the task's log (its dataset path)
     waited = "".join(stream(c, "stderr") for c in code_cells(nb))  # wait(progress=True)
     assert "100%|" in waited, waited[-500:]  # a tqdm bar, drawn in the notebook too
     for line in ("driver: GTiff", "width: 512", "count: 4", "crs: EPSG:32633"):

@@ -68,7 +68,7 @@ def test_ndvi_export_is_a_valid_cog_equal_to_the_notebook_api(
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"formula": "NOPE"}, "unknown formula"),
+        ({"formula": "NOPE"}, "formula: 'NOPE' is not one of: VARI, EXG"),
         ({"colormap": "sparkles", "formula": "NDVI", "bandFilter": "RGBN"}, "colormap"),
         ({"preset": "no-such-preset"}, "preset"),
         ({"bands": "1,2,9"}, "band"),
@@ -91,7 +91,8 @@ def test_bad_parameters_are_400_before_queueing(
 def test_missing_or_unreadable_raster_is_400(world: World) -> None:
     world.upload("notes.txt", b"not a raster")
     assert "does not exist" in world.submit("raster-export", {"path": "nope.tif"}).json()["error"]
-    assert "not a readable raster" in world.submit("raster-export", {"path": "notes.txt"}).json()["error"]
+    assert "notes.txt is not a raster GDAL can read" in world.submit(
+        "raster-export", {"path": "notes.txt"}).json()["error"]
 
 
 def test_export_reports_phases_and_cancel_leaves_no_output(world: World, tmp_path: Path) -> None:

@@ -718,11 +718,14 @@ def test_outputs_keep_the_source_grid(rasters: dict[str, Path]) -> None:
     ("rgbn_u8", {"formula": "EXG", "rescale": "a,b"}, "rescale must be 'min,max'"),
     ("rgbn_u8", {"formula": "EXG", "rescale": "1,2,3"}, "rescale must be 'min,max'"),
     ("rgbn_u8", {"formula": "EXG", "rescale": "nan,1"}, "finite"),
-    ("rgbn_u8", {"formula": "NDVI"}, r"NDVI needs band N \(near infrared\)"),
-    ("rgbn_u8", {"formula": "NDRE", "bandFilter": "RGBN"}, r"NDRE needs band Re \(red edge\)"),
-    ("rgba_u8", {"formula": "ENDVI"}, "needs band N"),
-    ("rgba_u8", {"preset": "ndvi"}, "preset ndvi: formula NDVI needs band N"),
-    ("rgbn_u8", {"formula": "CELSIUS", "bandFilter": "RGBN"}, "needs band T"),
+    ("rgbn_u8", {"formula": "NDVI"}, r"the raster has 4 bands; formula NDVI needs R and N, and "
+     r"its band filter 'RGB_' \(from the default: R, G, B on the first bands\) has no "
+     r"N \(near infrared\)"),
+    ("rgbn_u8", {"formula": "NDRE", "bandFilter": "RGBN"},
+     r"NDRE needs N and Re, .* 'RGBN' \(from the bandFilter parameter\) has no Re \(red edge\)"),
+    ("rgba_u8", {"formula": "ENDVI"}, "has no N"),
+    ("rgba_u8", {"preset": "ndvi"}, "preset ndvi: the raster has 4 bands; formula NDVI needs R and N"),
+    ("rgbn_u8", {"formula": "CELSIUS", "bandFilter": "RGBN"}, r"has no T \(thermal\)"),
 ])
 def test_invalid_params_are_rejected_with_a_message_naming_the_problem(
     rasters: dict[str, Path], name: str, params: dict[str, Any], message: str

@@ -15,6 +15,7 @@ from affine import Affine
 
 from tools import registration as reg
 from tools.contract import InvalidParams
+from tools.raster_checks import checked_read, unreadable
 from tools.raster_graph import RasterHeader, read_header
 
 LUMA = (0.299, 0.587, 0.114)
@@ -28,6 +29,7 @@ class RasterGrid:
     """A raster's georeferencing and how matching values and validity are read from it."""
 
     path: str
+    name: str  # how messages name it (a dataset path), never the server's path
     width: int
     height: int
     transform: Affine
@@ -45,18 +47,21 @@ class RasterGrid:
         return math.sqrt(abs(self.transform.determinant))
 
 
-def open_grid(path: str | Path, *, what: str) -> tuple[RasterGrid, RasterHeader]:
-    """The grid of a raster, or :class:`InvalidParams` naming ``what`` when it cannot be used."""
+def open_grid(path: str | Path, *, what: str, name: str | None = None
+              ) -> tuple[RasterGrid, RasterHeader]:
+    """The grid of a raster, or :class:`InvalidParams` naming ``what`` when it cannot be used
+    (``name`` names the file in messages about the file itself; default: its name)."""
     import rasterio
     from rasterio.enums import MaskFlags
+    from rasterio.errors import RasterioError
 
+    header = read_header(path, name=name)
     try:
-        header = read_header(path)
         with rasterio.open(path) as ds:
             crs, transform = ds.crs, ds.transform
             flags = ds.mask_flag_enums[0] if ds.count else ()
-    except Exception as exc:
-        raise InvalidParams(f"{what} is not a readable raster: {exc}") from None
+    except RasterioError:  # gone or replaced since the header was read
+        raise unreadable(header.name) from None
     if crs is None:
         raise InvalidParams(f"{what} has no CRS: it cannot be placed on the map")
     if transform.is_identity or transform.determinant == 0:
@@ -68,7 +73,7 @@ def open_grid(path: str | Path, *, what: str) -> tuple[RasterGrid, RasterHeader]
     luma = len(data) >= 3
     kind = np.dtype(header.dtype)
     return RasterGrid(
-        path=str(path), width=header.width, height=header.height, transform=transform,
+        path=str(path), name=header.name, width=header.width, height=header.height, transform=transform,
         crs_wkt=crs.to_wkt(), bands=tuple(data[:3] if luma else data[:1]), luma=luma,
         elevation=elevation, nodata=header.nodata(data[0]), alpha=header.alpha_band,
         opaque=float(np.iinfo(kind).max) if kind.kind in "iu" else 1.0,
@@ -89,7 +94,7 @@ def read_values(ds: Any, grid: RasterGrid, window: Any,
     options: dict[str, Any] = {"window": window}
     if out_shape is not None:
         options.update(out_shape=(len(indexes), *out_shape), resampling=Resampling.average)
-    data = ds.read(indexes, **options).astype(np.float64)
+    data = checked_read(grid.name, ds.read, indexes, **options).astype(np.float64)
     bands = data[: len(grid.bands)]
     valid = np.all(np.isfinite(bands), axis=0)
     if grid.nodata is not None and not math.isnan(grid.nodata):
@@ -98,7 +103,7 @@ def read_values(ds: Any, grid: RasterGrid, window: Any,
         valid &= data[-1] >= grid.opaque if out_shape is not None else data[-1] > 0
     if grid.mask_band:
         mask_options = {"window": window, "out_shape": out_shape} if out_shape else {"window": window}
-        valid &= ds.dataset_mask(**mask_options) > 0
+        valid &= checked_read(grid.name, ds.dataset_mask, **mask_options) > 0
     if out_shape is not None:  # a reduced pixel may mix valid and nodata pixels at edges
         from scipy import ndimage
 

@@ -113,10 +113,14 @@ class Checked:
     warning: str | None
 
 
-def check_inputs(source: Path, reference: Path) -> Checked:
-    """Both rasters readable and georeferenced, overlapping by at least ``MIN_OVERLAP``."""
-    src, header = open_grid(source, what=f"sourcePath '{source.name}'")
-    ref, _ = open_grid(reference, what=f"referencePath '{reference.name}'")
+def check_inputs(source: Path, reference: Path, *, source_name: str | None = None,
+                 reference_name: str | None = None) -> Checked:
+    """Both rasters readable and georeferenced, overlapping by at least ``MIN_OVERLAP``.
+    The names are how messages call them (the dataset paths; default: the file names)."""
+    source_name = source_name or source.name
+    reference_name = reference_name or reference.name
+    src, header = open_grid(source, what=f"sourcePath '{source_name}'", name=source_name)
+    ref, _ = open_grid(reference, what=f"referencePath '{reference_name}'", name=reference_name)
     pair = make_pair(src, ref)
     overlap = overlap_of(pair)
     if overlap.fraction < MIN_OVERLAP:
@@ -138,7 +142,8 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     found = lstat_in_dataset(dataset_root, rel)  # no file or symlink among its folders
     if found is not None and stat.S_ISDIR(found.st_mode):
         raise InvalidParams(f"outputPath '{rel}' is a folder")
-    checked = check_inputs(source, reference)
+    checked = check_inputs(source, reference, source_name=normalize_relpath(params["sourcePath"]),
+                           reference_name=normalize_relpath(params["referencePath"]))
     h = checked.header
     itemsize = np.dtype(h.dtype).itemsize
     return Plan(estimated_output_bytes=h.width * h.height * (h.count + 1) * itemsize * 4 // 3)
@@ -209,9 +214,10 @@ def _shift_heights(da: xr.DataArray, shift_z: float, nodata: float | None) -> xr
     return shifted.astype(da.dtype).rio.write_crs(da.rio.crs)
 
 
-def translated(src: Path, model: reg.Similarity, shift_z: float | None) -> xr.DataArray:
+def translated(src: Path, model: reg.Similarity, shift_z: float | None, *,
+               name: str | None = None) -> xr.DataArray:
     """The source with the corrected geotransform; pixels copied as they are."""
-    da = open_raster(src)
+    da = open_raster(src, name=name)
     new = Affine(*model.coefficients()) @ da.rio.transform()
     out = _corrected(da, new)
     if shift_z:
@@ -221,17 +227,19 @@ def translated(src: Path, model: reg.Similarity, shift_z: float | None) -> xr.Da
 
 
 def write_output(src: Path, dst: Path, model: reg.Similarity, shift_z: float | None, *,
-                 reporter: Reporter, stop: StopSignal, blocksize: int = 512) -> None:
-    header = read_header(src)
+                 reporter: Reporter, stop: StopSignal, blocksize: int = 512,
+                 name: str | None = None) -> None:
+    header = read_header(src, name=name)
     if model.is_translation:
-        da = translated(src, model, shift_z)
+        da = translated(src, model, shift_z, name=header.name)
         write_cog(da, dst, reporter=reporter, stop=stop, nodata=da.rio.nodata, blocksize=blocksize,
                   alpha=header.alpha_band == header.count and header.count > 1,
                   band_descriptions=_descriptions(header))
         return
     from tools.resample import resample_similarity
 
-    resampled = resample_similarity(src, model, shift_z=shift_z, chunk=OUTPUT_CHUNK)
+    resampled = resample_similarity(src, model, shift_z=shift_z, chunk=OUTPUT_CHUNK,
+                                    name=header.name)
     write_cog(resampled.data, dst, reporter=reporter, stop=stop, nodata=resampled.nodata,
               blocksize=blocksize,
               alpha=resampled.alpha, band_descriptions=resampled.descriptions)
@@ -249,21 +257,24 @@ def _descriptions(header: RasterHeader) -> list[str] | None:
 def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
           mode: str = "similarity", reporter: Reporter | None = None,
           stop: StopSignal | None = None, output_label: str | None = None,
-          blocksize: int = 512) -> AlignResult:
+          blocksize: int = 512, source_label: str | None = None,
+          reference_label: str | None = None) -> AlignResult:
     """Estimate the correction of ``source`` against ``reference`` and, when ``dst`` is given,
     write the corrected source there as a COG. Runs on the current Dask cluster. The result
-    is logged as one JSON line (``output``: ``output_label``, else the file name)."""
+    is logged as one JSON line (``output``: ``output_label``, else the file name); messages
+    name the inputs by their labels (default: the file names)."""
     if mode not in MODES:
         raise InvalidParams(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     reporter = reporter or PrintReporter()
     stop = stop or StopSignal()
-    checked = check_inputs(Path(source), Path(reference))
+    checked = check_inputs(Path(source), Path(reference), source_name=source_label,
+                           reference_name=reference_label)
     pair, overlap = checked.pair, checked.overlap
     if checked.warning:
         reporter.log(f"Warning: {checked.warning}")
     reporter.log(
-        f"Aligning {Path(source).name} ({pair.source.width}×{pair.source.height}) to "
-        f"{Path(reference).name} ({pair.reference.width}×{pair.reference.height}), mode {mode}, "
+        f"Aligning {pair.source.name} ({pair.source.width}×{pair.source.height}) to "
+        f"{pair.reference.name} ({pair.reference.width}×{pair.reference.height}), mode {mode}, "
         f"overlap {overlap.fraction:.0%}"
     )
     est = estimate(pair, overlap, mode=mode, reporter=reporter, stop=stop)  # type: ignore[arg-type]
@@ -286,7 +297,7 @@ def align(source: str | Path, reference: str | Path, dst: str | Path | None, *,
         stop.check()
         reporter.check_cancelled()
         write_output(Path(source), Path(dst), model, shift_z, reporter=reporter, stop=stop,
-                     blocksize=blocksize)
+                     blocksize=blocksize, name=pair.source.name)
     reporter.log(json.dumps(result.to_json()))
     return result
 
@@ -301,7 +312,9 @@ def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
         staged = folder / Path(rel).name
         result = align(source, reference, staged, mode=params.get("mode") or "similarity",
                        reporter=ctx.reporter, stop=stop, output_label=rel,
-                       blocksize=ctx.limits.raster_tile_size)
+                       blocksize=ctx.limits.raster_tile_size,
+                       source_label=normalize_relpath(params["sourcePath"]),
+                       reference_label=normalize_relpath(params["referencePath"]))
         ctx.reporter.check_cancelled()
         stop.check()
         move_into_dataset(staged, root, rel)

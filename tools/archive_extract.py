@@ -248,8 +248,10 @@ def commit(root: Path, journal: Journal, staging: Path, reporter: Reporter) -> l
         _undo(root, done, created, staging)
         if isinstance(exc, (OSError, UnsafePath)):
             failed = moves[len(done)].target if len(done) < len(moves) else "?"
+            # an OSError's text holds the server's paths: say only what went wrong
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ToolError(f"moving '{shown_name(failed)}' into the dataset failed, "
-                            f"nothing was changed: {exc}") from None
+                            f"nothing was changed: {reason}") from None
         raise
     return [m.target for m in moves]
 

@@ -36,12 +36,15 @@ from tools.contract import (
     Plan,
     Reporter,
     ToolContext,
+    ToolError,
     ToolResult,
     ToolSpec,
 )
+from tools.raster_checks import RasterDamaged
 from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 BUILDABLE_TYPES = frozenset(("georaster", "pointcloud", "vector"))
+RASTER_SUFFIXES = (".tif", ".tiff")
 BUILD_FOLDER = f"{SERVICE_FOLDER}/build"
 STALE_TEMP_SECONDS = 600  # temporary files older than this were left by a killed run
 PROGRAM_POLL_SECONDS = 0.2
@@ -85,10 +88,23 @@ RECIPES = {
 
 
 def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
-    """The path, when given, must be a safe path to an existing file or folder."""
+    """The path, when given, must be a safe path to an existing file or folder; a GeoTIFF
+    there must not be truncated (a file GDAL cannot open is left to the index's type)."""
     path = params.get("path")
-    if path is not None and not resolve_in_dataset(dataset_root, path).exists():
+    if path is None:
+        return Plan()
+    found = resolve_in_dataset(dataset_root, path)
+    if not found.exists():
         raise InvalidParams(f"entry '{path}' does not exist")
+    if found.is_file() and found.suffix.lower() in RASTER_SUFFIXES:
+        from tools.raster_graph import read_header
+
+        try:
+            read_header(found, name=normalize_relpath(path))
+        except RasterDamaged:
+            raise
+        except InvalidParams:
+            pass  # not a raster GDAL reads: the index did not type it georaster
     return Plan()
 
 
@@ -167,7 +183,7 @@ def build_entry(
     staged = staging / recipe.output
     try:
         if entry.type == "georaster":
-            _build_cog(src, staged, reporter, cancel_event, blocksize)
+            _build_cog(src, staged, reporter, cancel_event, blocksize, entry.path)
         elif entry.type == "pointcloud":
             _build_with(["pdal", "translate", "-w", "writers.copc", str(src)], staged, reporter)
         else:
@@ -177,7 +193,8 @@ def build_entry(
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - the entry's build failed; others go on
-        message = _short(f"{type(exc).__name__}: {exc}".replace(str(dataset_root), ""))
+        told = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
+        message = _short(told.replace(str(dataset_root), ""))
         reporter.log(f"{entry.path}: build failed: {message}")
         return BuildState(state="failed", hash=entry.hash, error=message)
     finally:
@@ -187,12 +204,12 @@ def build_entry(
 
 
 def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | None,
-               blocksize: int) -> None:
+               blocksize: int, name: str) -> None:
     from tools.cog import write_cog
     from tools.fanout import StopSignal
     from tools.raster_graph import open_raster
 
-    da = open_raster(src)
+    da = open_raster(src, name=name)
     header = da.attrs["raster_header"]
     names = header.descriptions if any(header.descriptions) else None
     write_cog(

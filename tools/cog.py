@@ -15,6 +15,10 @@ every level is computed from the one above, in parallel, from bounded windows. P
 submitted in Morton (Z) order through a window of 2 × the cluster's threads, so only a few
 pieces and at most one or two unfinished next-level pieces are ever alive.
 
+Each task ticks the caller's progress as it encodes a full-resolution tile
+(:mod:`tools.piece_progress`), so the percent of phase ``rendering`` moves tile by tile
+rather than piece by piece (a 2048² piece is 44% of a 3072² raster).
+
 The caller appends the compressed tiles, as they arrive, to a spool file next to the
 destination, each already framed the way GDAL frames COG tiles (a 4-byte size before, the
 last 4 bytes repeated after). At the end it writes the COG itself: the TIFF header, GDAL's
@@ -86,8 +90,10 @@ import imagecodecs
 import numpy as np
 import xarray as xr
 
+from tools import piece_progress
 from tools.contract import Cancelled, PrintReporter, Reporter
 from tools.fanout import default_client, on_worker, piece, piece_result
+from tools.piece_progress import Ticker
 
 Resampling = Literal["average", "nearest"]
 
@@ -146,9 +152,10 @@ def write_cog(
     integers and 3 (floating point) for floats, 1 without compression; ``level`` None means
     GDAL's default for the codec. ``piece_size`` (a power-of-two multiple of ``blocksize``)
     is the side of the windows computed per task; by default 2048 or the source chunk size.
-    Progress phases: ``rendering`` (fraction of full-resolution tiles written),
-    ``overviews``, ``assembling``. Raises :class:`Cancelled` when ``reporter`` or ``stop``
-    say so; nothing is left at ``dst_path`` or beside it then, or on error.
+    Progress phases: ``rendering`` (fraction of full-resolution tiles encoded, moving tile by
+    tile as the pieces run; a log line at every tenth), ``overviews``, ``assembling``.
+    Raises :class:`Cancelled` when ``reporter`` or ``stop`` say so; nothing is left at
+    ``dst_path`` or beside it then, or on error.
     """
     reporter = reporter if reporter is not None else PrintReporter(quiet=True)
     da = _as_band_y_x(da)
@@ -544,10 +551,11 @@ def _future_type() -> type | None:
 
 
 def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
-                  stop: Stop | None) -> _PieceResult:
+                  stop: Stop | None, ticker: Ticker | None = None) -> _PieceResult:
     """Compute one piece, encode its tiles at every level it holds, return the rest.
 
-    Runs as a task on the cluster (or in a local thread)."""
+    Runs as a task on the cluster (or in a local thread); each full-resolution tile it
+    encodes ticks ``ticker`` (the caller's progress, before the result is back)."""
     if stop is not None:
         stop.check()
     codec = job.codec
@@ -564,6 +572,8 @@ def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
                     stop.check()
                 block = arr[:, ty:ty + b, tx:tx + b]
                 tiles.append((job.level + j, row0 + ty // b, col0 + tx // b, codec.encode(block)))
+                if ticker is not None and job.level + j == 0:
+                    ticker.tick()
         if j < job.levels - 1 or job.residual:
             arr = codec.reduce(arr)
     return _PieceResult(tiles, arr if job.residual else None)
@@ -576,6 +586,7 @@ def _render_piece(job: _Job, data: np.ndarray | None, remote: dict[Any, Any],
 class _Runner(Protocol):
     slots: int
     stop: Stop | None
+    client: Any  # the distributed client pieces run through, None for local threads
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int) -> Any: ...
 
@@ -591,6 +602,7 @@ class _ThreadRunner:
                  stop: Stop | None) -> None:
         self.pool = pool
         self.slots = slots
+        self.client = None
         self.event = threading.Event()
         self.outer = stop
         self.stop: Stop | None = self
@@ -701,34 +713,67 @@ class _Pending:
 
 @dataclass
 class _Progress:
+    """Phase ``rendering``: the fraction of full-resolution tiles encoded (ticked by the
+    pieces as each is encoded, or counted from their results, whichever is ahead), reported
+    at every percent and logged at every tenth; then ``overviews``: the overview tiles.
+    Thread-safe: ticks come from the pieces' threads or the client's event loop."""
+
     reporter: Reporter
     layout: _Layout
+    encoded: int = 0  # full-resolution tiles ticked
+    lock: threading.Lock = field(default_factory=threading.Lock)
     main_total: int = 0
     ovr_total: int = 0
     main_done: int = 0
     ovr_done: int = 0
-    last: float = field(default_factory=time.monotonic)
+    phase: str = "rendering"
+    shown: int = -1  # the percent last reported in the current phase
+    logged: int = 0  # the tenths of the rendering logged
 
     def __post_init__(self) -> None:
         self.main_total = int(np.prod(self.layout.tiles(0)))
         self.ovr_total = sum(int(np.prod(self.layout.tiles(lv)))
                              for lv in range(1, self.layout.nlevels + 1))
         self.reporter.progress(0.0, "rendering")
+        self.shown = 0
 
     def add(self, tiles: list[tuple[int, int, int, bytes]]) -> None:
-        for t in tiles:
-            if t[0] == 0:
-                self.main_done += 1
-            else:
-                self.ovr_done += 1
-        now = time.monotonic()
-        if now - self.last < 0.1 and self.main_done < self.main_total:
-            return
-        self.last = now
+        with self.lock:
+            for t in tiles:
+                if t[0] == 0:
+                    self.main_done += 1
+                else:
+                    self.ovr_done += 1
+            self._refresh()
+
+    def tick(self, tiles: int) -> None:
+        with self.lock:
+            self.encoded += tiles
+            self._refresh()
+
+    def _refresh(self) -> None:
+        main = min(self.main_total, max(self.main_done, self.encoded))
         if self.main_done < self.main_total:
-            self.reporter.progress(self.main_done / self.main_total, "rendering")
-        else:
-            self.reporter.progress(self.ovr_done / max(1, self.ovr_total), "overviews")
+            self._show(main / self.main_total, "rendering")
+            self._log(main)
+            return
+        self._log(self.main_total)
+        self._show(self.ovr_done / max(1, self.ovr_total), "overviews")
+
+    def _show(self, fraction: float, phase: str) -> None:
+        if phase != self.phase:
+            self.phase, self.shown = phase, -1
+        percent = int(fraction * 100)
+        if percent > self.shown:
+            self.shown = percent
+            self.reporter.progress(fraction, phase)
+
+    def _log(self, main: int) -> None:
+        tenths = main * 10 // self.main_total
+        if tenths > self.logged:
+            self.logged = tenths
+            self.reporter.log(f"Rendering: {main * 100 // self.main_total}% ({main:,} of "
+                              f"{self.main_total:,} full-resolution tiles)")
 
 
 def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
@@ -739,7 +784,6 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
         reporter.log(f"Source chunks do not line up with {layout.piece}² pieces: "
                      f"{overlap:.2f}× the pixels are computed")
     index = _TileIndex.empty(layout)
-    progress = _Progress(reporter, layout)
     pending: dict[tuple[int, int, int], _Pending] = {}
     queue = deque(_morton(*layout.pieces(0)))
 
@@ -749,15 +793,18 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
                     y0=ys.start, x0=xs.start, levels=layout.stage_levels(stage),
                     residual=stage + 1 < layout.nstages, source=source, codec=codec)
 
-    with _runner(stop) as runner:
+    progress = _Progress(reporter, layout)
+    with _runner(stop) as runner, piece_progress.counting(progress.tick, runner.client) as ticker:
+        pieces = len(queue)
         reporter.log(f"Writing a {layout.width}×{layout.height}×{codec.count} {codec.dtype} COG: "
-                     f"{len(queue)} pieces of {layout.piece}², {layout.nlevels} overviews, "
-                     f"{runner.slots} parallel tasks")
+                     f"{pieces} piece{'s' if pieces != 1 else ''} of {layout.piece}², "
+                     f"{layout.nlevels} overview{'s' if layout.nlevels != 1 else ''}, "
+                     f"{runner.slots} parallel task{'s' if runner.slots != 1 else ''}")
         window = 2 * runner.slots
         running: dict[Any, _Job] = {}
 
         def submit(j: _Job, data: Any, remote: dict[Any, Any]) -> None:
-            future = runner.submit(_render_piece, j, data, remote, runner.stop,
+            future = runner.submit(_render_piece, j, data, remote, runner.stop, ticker,
                                    key=f"cog-{token}-{j.stage}-{j.row}-{j.col}",
                                    priority=j.stage)
             running[future] = j

@@ -110,9 +110,10 @@ def check_inputs(
     *, chunk_px: int = DEFAULT_CHUNK_PX,
 ) -> MergeInputs:
     """Open ``files`` lazily and check they can be stacked; raises :class:`InvalidParams`
-    naming the first mismatch. ``labels`` name the files in messages (default: the paths)."""
+    naming the first mismatch. ``labels`` name the files in messages (default: the paths as
+    given)."""
     paths = [Path(f) for f in files]
-    names = list(labels) if labels is not None else [str(p) for p in paths]
+    names = list(labels) if labels is not None else [str(f) for f in files]
     if len(paths) < MIN_INPUTS:
         raise InvalidParams(
             f"merge-multispectral needs at least {MIN_INPUTS} input rasters, got {len(paths)}"
@@ -132,10 +133,7 @@ def check_inputs(
 def _open(path: Path, name: str, chunk_px: int) -> xr.DataArray:
     if not path.is_file():
         raise InvalidParams(f"input '{name}' does not exist")
-    try:
-        da = open_raster(path, chunk_px=chunk_px)
-    except Exception as exc:  # rasterio cannot read it
-        raise InvalidParams(f"input '{name}' is not a readable raster: {exc}") from None
+    da = open_raster(path, chunk_px=chunk_px, name=name)
     count = da.attrs["raster_header"].count
     if count != 1:
         raise InvalidParams(

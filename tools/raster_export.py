@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools import fanout, spectral
+from tools import colormaps, fanout, sensors, spectral
 from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
@@ -27,11 +27,26 @@ from tools.contract import (
     ToolSpec,
 )
 from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, plan_export, render
-from tools.safepath import derived_file_name, output_file_name, resolve_in_dataset
+from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, filter_text, plan_export, render
+from tools.safepath import (
+    derived_file_name,
+    normalize_relpath,
+    output_file_name,
+    resolve_in_dataset,
+)
 
 RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
 NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
+# One token per band: a band letter, or a non-letter (e.g. "_") that skips the band.
+# Band tokens are capitals (Re the one two-letter token); any other capital or a non-letter
+# skips a band (SPEC §4); lower case and spaces are refused, so 'rgbn' is a 400, not 4 skips.
+BAND_FILTER_PATTERN = r"^(Re|[^a-z\s])*$"
+
+
+def _one_of(values: Any, description: str) -> dict[str, Any]:
+    """A nullable string restricted to ``values`` (listed for clients in ``enum``)."""
+    return {"type": ["string", "null"], "enum": [*values, None], "description": description}
+
 
 SPEC = ToolSpec(
     id="raster-export",
@@ -48,7 +63,10 @@ SPEC = ToolSpec(
         "properties": {
             "path": {"type": "string", "minLength": 1, "maxLength": 1024,
                      "description": "The raster entry to export."},
-            "preset": {**NULLABLE_TEXT, "description": "A preset id, e.g. true-color, ndvi."},
+            "preset": _one_of(sensors.preset_ids(),
+                              "A preset: a band composite or an index with its colormap. "
+                              "Which a raster has depends on its sensor profile (a 400 lists "
+                              "them)."),
             "bands": {
                 "description": "1-based bands of a uint8 composite: \"4,3,2\" or [4, 3, 2].",
                 "anyOf": [
@@ -58,10 +76,22 @@ SPEC = ToolSpec(
                     {"type": "null"},
                 ],
             },
-            "formula": {**NULLABLE_TEXT, "description": "A spectral index, e.g. NDVI, VARI."},
-            "bandFilter": {**NULLABLE_TEXT, "description": "Band letters in band order, e.g. RGBN."},
-            "colormap": {**NULLABLE_TEXT, "description": "A colormap id, e.g. rdylgn, viridis."},
-            "rescale": {**NULLABLE_TEXT, "description": "\"min,max\" of the colour scale."},
+            "formula": _one_of(spectral.FORMULAS, "A spectral index (its bands come from "
+                               "bandFilter), rendered with colormap."),
+            "bandFilter": {**NULLABLE_TEXT, "pattern": BAND_FILTER_PATTERN,
+                           "description": "Which band is which, one token per band in band "
+                           "order: R, G, B, N (near infrared), Re (red edge), T (thermal); "
+                           "another capital or a non-letter such as _ skips a band. E.g. RGBN, BGRReN, RGB_. "
+                           "Default: from the sensor profile, band descriptions or colour "
+                           "interpretation, else RGB."},
+            "colormap": _one_of(colormaps.COLORMAPS, "The colormap of an index."),
+            "rescale": {**NULLABLE_TEXT, "description":
+                        "The values mapped to the ends of the colour scale: \"min,max\" "
+                        "(e.g. \"-1,1\"), or \"auto\": the 2nd-98th percentile of the "
+                        "index's values even when the formula has a range (for indices of "
+                        "raw digital numbers, whose NDVI spans e.g. -0.3..0.3). Default: the "
+                        "formula's range (-1..1 for NDVI), else the 2nd-98th percentile; "
+                        "composites: a byte source as it is, others stretched by min/max."},
             "fileName": {**NULLABLE_TEXT, "description": "Base name of the artifact."},
         },
     },
@@ -80,22 +110,17 @@ def _render_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in RENDER_PARAMS if params.get(k) is not None}
 
 
-def _plan(src: Path, params: dict[str, Any]) -> ExportPlan:
+def _plan(src: Path, params: dict[str, Any], name: str) -> ExportPlan:
     if not src.is_file():
-        raise InvalidParams(f"raster '{params.get('path')}' does not exist")
-    try:
-        return plan_export(src, _render_params(params))
-    except InvalidParams:
-        raise
-    except Exception as exc:  # rasterio cannot read it
-        raise InvalidParams(f"'{params.get('path')}' is not a readable raster: {exc}") from None
+        raise InvalidParams(f"raster '{name}' does not exist")
+    return plan_export(src, _render_params(params), name=name)
 
 
 def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     """Everything that can be checked before queueing: the entry, the name, the rendering."""
     src = resolve_in_dataset(dataset_root, params["path"])
     output_name(params)
-    plan = _plan(src, params)
+    plan = _plan(src, params, normalize_relpath(params["path"]))
     return Plan(estimated_output_bytes=plan.estimated_output_bytes)
 
 
@@ -107,13 +132,16 @@ def export(
     stop: StopSignal | None = None,
     chunk_px: int = DEFAULT_CHUNK_PX,
     blocksize: int = 512,
+    name: str | None = None,
     **params: Any,
 ) -> CogInfo:
     """Render ``src_path`` per ``params`` (formula, bands, preset, bandFilter, colormap,
-    rescale) and write the COG to ``dst_path``. Runs on the current Dask cluster."""
+    rescale) and write the COG to ``dst_path``. Runs on the current Dask cluster.
+    ``name`` is how the log and errors name the source (default: its file name)."""
     reporter = reporter or PrintReporter()
-    plan = _plan(Path(src_path), {"path": str(src_path), **params})
-    reporter.log(f"Exporting {Path(src_path).name}: {_describe(plan)}")
+    label = name or Path(src_path).name
+    plan = _plan(Path(src_path), {"path": str(src_path), **params}, label)
+    reporter.log(f"Exporting {label}: {_describe(plan)}")
     if plan.needs_statistics:
         reporter.progress(0.0, "percentiles")
 
@@ -134,17 +162,21 @@ def _describe(plan: ExportPlan) -> str:
     if plan.mode == "index":
         what = plan.formula or f"band {plan.value_band}"
         spec = spectral.lookup(plan.formula) if plan.formula else None
-        fixed = plan.rescale or (spec.range if spec is not None else None)
+        fixed = None if plan.rescale_auto else plan.rescale or (spec.range if spec else None)
         scale = f"{fixed[0]:g},{fixed[1]:g}" if fixed else "2nd-98th percentile"
-        return f"{what} with {plan.colormap} (rescale {scale}), {size}, by {plan.decided_by}"
-    return f"bands {','.join(map(str, plan.bands or ()))} ({plan.stretch}), {size}, by {plan.decided_by}"
+        described = f"{what} with {plan.colormap} (rescale {scale}), {size}, by {plan.decided_by}"
+    else:
+        described = (f"bands {','.join(map(str, plan.bands or ()))} ({plan.stretch}), {size}, "
+                     f"by {plan.decided_by}")
+    return f"{described}; band filter {filter_text(plan.band_filter)} from {plan.band_filter_rule}"
 
 
 def run(params: dict[str, Any], ctx: ToolContext) -> ToolResult:
     src = resolve_in_dataset(ctx.dataset_root, params["path"])
     dst = ctx.work_dir / output_name(params)
     info = export(src, dst, reporter=ctx.reporter, stop=StopSignal(ctx.cancel_event),
-                  blocksize=ctx.limits.raster_tile_size, **_render_params(params))
+                  blocksize=ctx.limits.raster_tile_size, name=normalize_relpath(params["path"]),
+                  **_render_params(params))
     return ToolResult(
         artifact=dst,
         summary={"width": info.width, "height": info.height, "bands": info.count,

@@ -20,7 +20,8 @@ interpretation, alpha band, descriptions, metadata, block shape) is in
 **Masks.** A pixel is invalid (NaN in an index, transparent in an output) when the alpha band
 is 0, a band that is used equals its nodata value (NaN-aware; a NaN in a used float band
 counts too), or — for indexes — a rule of :mod:`tools.spectral` (zero denominator, vNDVI
-inputs ``<= 1e-10``) holds. The alpha band is the band whose colour interpretation is alpha;
+inputs ``<= 1e-10``) holds. The alpha band is the band described as ``alpha``, else the band
+whose colour interpretation is alpha (unless its description names a spectral band);
 automatic band filters and default composites never use it as data, and when a given band
 filter or band list does use it as data, it stops masking. GDAL mask bands (``.msk``,
 internal masks) are not read.
@@ -29,11 +30,18 @@ internal masks) are not read.
 Re, T, or None for a band without one). :func:`parse_band_filter` reads the ``bandFilter``
 text (``Re`` is one token, any other character skips a band, parsing stops at the band count
 — the alpha band included, as in the reference; when a letter repeats, the last band with it
-is used). :func:`auto_band_filter`: the letters of the sensor profile's band names (see
-:mod:`tools.sensors`), else ``T`` for a single-band raster that looks thermal (its sensor or
-metadata say so) or holds floats, else ``R G B`` on the first three non-alpha bands.
+is used). :func:`infer_band_filter` (and :func:`auto_band_filter`, its letters), by the first
+rule that gives a letter: the band names of a sensor profile recognised by its metadata (see
+:mod:`tools.sensors`); the band descriptions, else colour interpretations, band by band
+(``red``, ``green``, ``blue``, ``nir``/``near infrared``, ``rededge``/``red edge``,
+``thermal``/``lwir``; ``alpha`` marks the alpha band); a generic profile's band names; ``T``
+for a single-band raster that looks thermal (its sensor or metadata say so) or holds floats;
+else ``R G B`` on the first three non-alpha bands. The rule that decided is reported
+(:attr:`BandFilterChoice.rule`, ``ExportPlan.band_filter_rule``) and named in errors.
 
-**Rescale.** Explicit ``"min,max"``; else the formula's range; else the 2nd and 98th
+**Rescale.** Explicit ``"min,max"``; ``"auto"``: the 2nd and 98th percentiles below even
+when the formula has a range (an index of raw digital numbers that spans -0.3..0.3 gets
+the whole colormap; for composites, per band); else the formula's range; else the 2nd and 98th
 percentiles (numpy ``linear`` method, float64) of a deterministic sample of the valid (finite)
 values: every pixel whose row and column are multiples of a stride, the smallest stride that
 keeps the sample to at most 2**20 pixels (1 up to 1 Mpx: exact percentiles). The sample
@@ -75,12 +83,13 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from tools import colormaps, sensors, spectral
+from tools import colormaps, raster_checks, sensors, spectral
 from tools.contract import InvalidParams
 
 DEFAULT_CHUNK_PX = 2048
 SAMPLE_TARGET = 1 << 20
 PERCENTILES = (2.0, 98.0)
+AUTO_RESCALE = "auto"
 NO_VALID_RANGE = (0.0, 1.0)
 THERMAL_FORMULA = "CELSIUS"
 THERMAL_COLORMAP = "ironbow"
@@ -115,6 +124,7 @@ class RasterHeader:
     height: int
     count: int
     dtype: str  # numpy name of band 1's type
+    name: str = ""  # how messages name the raster (a dataset path), never the server's path
     block_shape: tuple[int, int] = (256, 256)  # (rows, cols) of band 1
     nodatavals: tuple[float | None, ...] = ()
     colorinterp: tuple[str, ...] = ()
@@ -123,9 +133,15 @@ class RasterHeader:
 
     @property
     def alpha_band(self) -> int | None:
-        """The 1-based alpha band, or None."""
+        """The 1-based alpha band, or None: the band described as ``alpha``, else the one
+        whose colour interpretation is alpha unless its description names a spectral band
+        (GDAL marks the 4th band of a 4-band Byte TIFF alpha, even a NIR band)."""
+        for i, description in enumerate(self.descriptions):
+            if description and description.strip().lower() == "alpha":
+                return i + 1
         for i, name in enumerate(self.colorinterp):
-            if name == "alpha":
+            described = self.descriptions[i] if i < len(self.descriptions) else None
+            if name == "alpha" and not (described and sensors.band_letter(described)):
                 return i + 1
         return None
 
@@ -158,14 +174,25 @@ class RasterHeader:
         return self.nodatavals[band - 1] if band - 1 < len(self.nodatavals) else None
 
 
-def read_header(path: str | Path) -> RasterHeader:
-    """Read a raster's header with rasterio (metadata only)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+def read_header(path: str | Path, *, name: str | None = None) -> RasterHeader:
+    """Read a raster's header with rasterio (metadata only) and check its blocks lie
+    inside the file (:func:`tools.raster_checks.check_blocks`).
 
+    ``name`` is how errors name the file (a tool passes the dataset path; default: the
+    file name). Raises :class:`~tools.raster_checks.RasterUnreadable` when GDAL cannot open
+    it, :class:`~tools.raster_checks.RasterDamaged` when it is truncated.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    label = name or Path(path).name
     with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE"):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
+        try:
+            src = rasterio.open(path)
+        except RasterioError:
+            raise raster_checks.unreadable(label) from None
+        with src:
             metadata = [f"{k}={v}" for k, v in src.tags().items()]
             for namespace in src.tag_namespaces():
                 if namespace in _SKIPPED_DOMAINS:
@@ -173,13 +200,17 @@ def read_header(path: str | Path) -> RasterHeader:
                 metadata += [f"{k}={v}" for k, v in src.tags(ns=namespace).items()]
             for band in range(1, src.count + 1):
                 metadata += [f"{k}={v}" for k, v in src.tags(band).items()]
-            rows, cols = src.block_shapes[0] if src.count else (256, 256)
+            if not src.count:
+                raise raster_checks.RasterUnreadable(f"{label} has no bands")
+            raster_checks.check_blocks(src, label)
+            rows, cols = src.block_shapes[0]
             return RasterHeader(
                 path=str(path),
+                name=label,
                 width=src.width,
                 height=src.height,
                 count=src.count,
-                dtype=str(src.dtypes[0]) if src.count else "uint8",
+                dtype=str(src.dtypes[0]),
                 block_shape=(int(rows), int(cols)),
                 nodatavals=tuple(None if v is None else float(v) for v in src.nodatavals),
                 colorinterp=tuple(ci.name for ci in src.colorinterp),
@@ -208,16 +239,33 @@ def header_of(da: xr.DataArray) -> RasterHeader:
 # --- opening -----------------------------------------------------------------------------
 
 
-def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX) -> xr.DataArray:
-    """Open a raster as a lazy ``(band, y, x)`` DataArray chunked on its internal blocks."""
-    import rioxarray
+def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX,
+                name: str | None = None) -> xr.DataArray:
+    """Open a raster as a lazy ``(band, y, x)`` DataArray chunked on its internal blocks.
 
-    header = read_header(path)
+    ``name`` names the raster in errors (see :func:`read_header`); a chunk that cannot be
+    read raises :class:`~tools.raster_checks.RasterDamaged` naming the block.
+    """
+    import os
+    from functools import partial
+
+    import rioxarray
+    from dask.base import tokenize
+
+    header = read_header(path, name=name)
     rows, cols = chunk_shape(header, chunk_px)
-    da = rioxarray.open_rasterio(
-        path, chunks={"band": -1, "y": rows, "x": cols}, lock=False, masked=False
-    )
+    da = rioxarray.open_rasterio(path, lock=False, masked=False, cache=False)
     assert isinstance(da, xr.DataArray)
+    chunks = {"band": -1, "y": rows, "x": cols}
+    # as rioxarray names its chunks (file, mtime, chunks), read through raster_checks
+    try:
+        mtime: float | None = os.path.getmtime(path)
+    except OSError:  # not a local file (a GDAL virtual path)
+        mtime = None
+    token = tokenize(str(path), mtime, chunks)
+    da = da.chunk(chunks, name_prefix=f"open_rasterio-{token}", token=token,
+                  from_array_kwargs={"getitem": partial(raster_checks.read_window,
+                                                        name=header.name)})
     da.attrs["raster_header"] = header
     return da
 
@@ -250,24 +298,81 @@ def parse_band_filter(text: str, band_count: int) -> BandFilter:
     return letters
 
 
-def auto_band_filter(source: xr.DataArray | RasterHeader) -> BandFilter:
-    """The band filter a raster implies: sensor profile, else thermal ``T``, else RGB."""
+@dataclass(frozen=True)
+class BandFilterChoice:
+    """The band filter a raster implies and the rule that decided it (for the log)."""
+
+    letters: tuple[str | None, ...]
+    rule: str
+
+    @property
+    def text(self) -> str:
+        return filter_text(self.letters)
+
+
+def infer_band_filter(source: xr.DataArray | RasterHeader) -> BandFilterChoice:
+    """The band filter a raster implies, by the first rule that gives a letter: the band
+    names of a sensor profile recognised by its metadata; the band descriptions and colour
+    interpretations (per band, the description first; see :func:`tools.sensors.band_letter`);
+    the band names of a generic profile (``generic-4band``: B, G, R, N); ``T`` for a
+    single-band raster that looks thermal or holds floats; else ``R G B`` on the first three
+    non-alpha bands."""
     header = source if isinstance(source, RasterHeader) else header_of(source)
-    sensor = header.sensor
-    if sensor is not None:
-        names = list(sensor.band_names[: header.count])
-        if header.alpha_band is not None and header.alpha_band <= len(names):
-            names[header.alpha_band - 1] = None
-        letters = sensors.band_letters(names)
-        if any(letters):
-            return letters
+    profile = header.sensor.profile if header.sensor is not None else None
+    if profile is not None and profile.patterns:
+        found = _profile_letters(header, profile)
+        if found is not None:
+            return found
+    described = _described_letters(header)
+    if described is not None:
+        return described
+    if profile is not None:
+        found = _profile_letters(header, profile)
+        if found is not None:
+            return found
     data = header.data_bands
     if len(data) == 1 and (_looks_thermal(header) or header.dtype.startswith("float")):
-        return [None] * (data[0] - 1) + ["T"]
+        return BandFilterChoice((None,) * (data[0] - 1) + ("T",), "a single thermal band")
     rgb: BandFilter = [None] * header.count
     for letter, band in zip(("R", "G", "B"), data):
         rgb[band - 1] = letter
-    return rgb
+    return BandFilterChoice(tuple(rgb), "the default: R, G, B on the first bands")
+
+
+def _profile_letters(header: RasterHeader, profile: sensors.SensorProfile) -> BandFilterChoice | None:
+    names: list[str | None] = list(profile.bands[: header.count])
+    if header.alpha_band is not None and header.alpha_band <= len(names):
+        names[header.alpha_band - 1] = None
+    letters = sensors.band_letters(names)
+    return BandFilterChoice(tuple(letters), f"sensor profile {profile.id}") if any(letters) else None
+
+
+def _described_letters(header: RasterHeader) -> BandFilterChoice | None:
+    """Letters from band descriptions, else colour interpretations, band by band."""
+    names: list[str | None] = []
+    sources: set[str] = set()
+    for band in range(1, header.count + 1):
+        description = header.descriptions[band - 1] if band <= len(header.descriptions) else None
+        colour = header.colorinterp[band - 1] if band <= len(header.colorinterp) else None
+        if band == header.alpha_band:
+            names.append(None)
+        elif description and sensors.band_letter(description):
+            names.append(description)
+            sources.add("band descriptions")
+        elif colour and sensors.band_letter(colour):
+            names.append(colour)
+            sources.add("colour interpretation")
+        else:
+            names.append(None)
+    letters = sensors.band_letters(names)
+    if not any(letters):
+        return None
+    return BandFilterChoice(tuple(letters), " and ".join(sorted(sources)))
+
+
+def auto_band_filter(source: xr.DataArray | RasterHeader) -> BandFilter:
+    """The letters of :func:`infer_band_filter`."""
+    return list(infer_band_filter(source).letters)
 
 
 def _looks_thermal(header: RasterHeader) -> bool:
@@ -278,11 +383,17 @@ def _looks_thermal(header: RasterHeader) -> bool:
 
 
 def _resolve_filter(header: RasterHeader, band_filter: str | Sequence[str | None] | None) -> BandFilter:
+    return list(_choose_filter(header, band_filter).letters)
+
+
+def _choose_filter(header: RasterHeader,
+                   band_filter: str | Sequence[str | None] | None) -> BandFilterChoice:
     if band_filter is None or band_filter == "":
-        return auto_band_filter(header)
+        return infer_band_filter(header)
     if isinstance(band_filter, str):
-        return parse_band_filter(band_filter, header.count)
-    return list(band_filter)[: header.count]
+        return BandFilterChoice(tuple(parse_band_filter(band_filter, header.count)),
+                                "the bandFilter parameter")
+    return BandFilterChoice(tuple(list(band_filter)[: header.count]), "the given band filter")
 
 
 def _letter_bands(header: RasterHeader, letters: Sequence[str | None]) -> dict[str, int]:
@@ -294,22 +405,32 @@ def _letter_bands(header: RasterHeader, letters: Sequence[str | None]) -> dict[s
     return bands
 
 
-def _filter_text(letters: Sequence[str | None]) -> str:
+def filter_text(letters: Sequence[str | None]) -> str:
+    """A band filter as text, ``_`` for a band without a letter (``RGB_``)."""
     return "".join(letter or "_" for letter in letters)
 
 
 def _require(formula: spectral.Formula, header: RasterHeader, letters: Sequence[str | None],
-             what: str = "") -> dict[str, int]:
+             what: str = "", rule: str | None = None) -> dict[str, int]:
     bands = _letter_bands(header, letters)
     missing = [letter for letter in formula.required if letter not in bands]
     if missing:
-        names = ", ".join(f"{m} ({spectral.BAND_LETTERS[m]})" for m in missing)
+        count = f"{header.count} band{'s' if header.count != 1 else ''}"
+        needs = _and(formula.required)
+        absent = _and([f"{m} ({spectral.BAND_LETTERS[m]})" for m in missing])
+        source = f" (from {rule})" if rule else ""
         raise InvalidParams(
-            f"{what}formula {formula.id} needs band{'s' if len(missing) > 1 else ''} {names}, "
-            f"which the band filter '{_filter_text(letters)}' does not provide; "
-            f"pass bandFilter with letters in band order, e.g. 'RGBN'"
+            f"{what}the raster has {count}; formula {formula.id} needs {needs}, and its "
+            f"band filter '{filter_text(letters)}'{source} has no {absent}; pass bandFilter "
+            f"with one letter per band in band order (R, G, B, N, Re, T; another character "
+            f"skips a band), e.g. 'RGBN'"
         )
     return {letter: bands[letter] for letter in formula.required}
+
+
+def _and(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 # --- indexes -----------------------------------------------------------------------------
@@ -321,7 +442,8 @@ def index(
     """A lazy float32 ``(y, x)`` index, NaN where invalid (see :mod:`tools.spectral`)."""
     spec = _formula(formula)
     header = header_of(da)
-    bands = _require(spec, header, _resolve_filter(header, band_filter))
+    choice = _choose_filter(header, band_filter)
+    bands = _require(spec, header, choice.letters, rule=choice.rule)
     positions = {letter: _position(da, band) for letter, band in bands.items()}
     nodata = {letter: header.nodata(band) for letter, band in bands.items()}
     alpha = _alpha_position(da, header, bands.values())
@@ -378,9 +500,16 @@ def _invalid(block: np.ndarray, positions: Sequence[int], nodata: Mapping[int, f
 # --- rescale -----------------------------------------------------------------------------
 
 
+def is_auto(rescale: Any) -> bool:
+    """Whether ``rescale`` is ``"auto"`` (any case): the 2nd-98th percentile of the values,
+    even for a formula with a range."""
+    return isinstance(rescale, str) and rescale.strip().lower() == AUTO_RESCALE
+
+
 def parse_rescale(rescale: RangeLike) -> tuple[float, float] | None:
-    """``"min,max"`` (or two numbers) as floats; None stays None; InvalidParams otherwise."""
-    if rescale is None or (isinstance(rescale, str) and not rescale.strip()):
+    """``"min,max"`` (or two numbers) as floats; None and ``"auto"`` (see :func:`is_auto`)
+    give None; InvalidParams otherwise."""
+    if rescale is None or (isinstance(rescale, str) and not rescale.strip()) or is_auto(rescale):
         return None
     parts: Sequence[Any] = rescale.split(",") if isinstance(rescale, str) else rescale
     try:
@@ -389,7 +518,8 @@ def parse_rescale(rescale: RangeLike) -> tuple[float, float] | None:
         low, high = (float(str(p).strip()) if isinstance(p, str) else float(p) for p in parts)
     except (TypeError, ValueError):
         raise InvalidParams(
-            f"rescale must be 'min,max' with two finite numbers, e.g. '-1,1'; got {rescale!r}"
+            f"rescale must be 'min,max' with two finite numbers, e.g. '-1,1', or 'auto'; "
+            f"got {rescale!r}"
         ) from None
     if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidParams(f"rescale must be two finite numbers; got {rescale!r}")
@@ -415,6 +545,8 @@ def rescale_range_lazy(
     index_da: xr.DataArray, formula: str | None = None, rescale: RangeLike = None
 ) -> Any:
     """Like :func:`rescale_range`, but a ``dask.delayed`` when percentiles are needed."""
+    if is_auto(rescale):
+        return _percentile_range(index_da.data)
     explicit = parse_rescale(rescale)
     if explicit is not None:
         return explicit
@@ -611,6 +743,8 @@ def _composite_ranges(
     if rescale is not None and not isinstance(rescale, str) and len(rescale) == len(bands) \
             and all(isinstance(r, Sequence) and not isinstance(r, str) for r in rescale):
         return [parse_rescale(r) for r in rescale]
+    if is_auto(rescale):
+        return stretch_ranges_lazy(da, bands, "percentile")
     explicit = parse_rescale(rescale)
     if explicit is not None:
         return [explicit] * len(bands)
@@ -778,6 +912,7 @@ class ExportPlan:
 
     source_path: str
     mode: Literal["index", "composite"]
+    source_name: str = ""  # how messages name the source (a dataset path)
     decided_by: Literal["formula", "bands", "preset", "default"]
     width: int
     height: int
@@ -787,8 +922,10 @@ class ExportPlan:
     formula: str | None = None
     value_band: int | None = None
     band_filter: tuple[str | None, ...] = ()
+    band_filter_rule: str = ""  # which rule chose band_filter (see infer_band_filter)
     colormap: str | None = None
     rescale: tuple[float, float] | None = None
+    rescale_auto: bool = False  # rescale "auto": the 2nd-98th percentile, whatever the formula
     bands: tuple[int, ...] | None = None
     stretch: Literal["none", "explicit", "minmax", "percentile"] = "none"
     preset: str | None = None
@@ -799,13 +936,16 @@ class ExportPlan:
         """Whether rendering needs a pass over the data first (percentiles, min/max)."""
         if self.mode == "composite":
             return self.stretch in ("minmax", "percentile")
+        if self.rescale_auto:
+            return True
         if self.rescale is not None:
             return False
         spec = spectral.lookup(self.formula) if self.formula else None
         return spec is None or spec.range is None
 
 
-def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
+def plan_export(src_path: str | Path, params: Mapping[str, Any], *,
+                name: str | None = None) -> ExportPlan:
     """Resolve and validate raster-export parameters against the raster's header.
 
     Precedence formula → bands → preset → default. The default: the sensor profile's default
@@ -813,9 +953,10 @@ def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
     a single-band raster that looks thermal gets CELSIUS with ironbow, any other the values
     of band 1 with grayscale and the percentile rescale. Every parameter given is validated
     even when another takes precedence. ``path``/``fileName`` and unknown keys are ignored.
-    Raises :class:`InvalidParams` naming the problem.
+    Raises :class:`InvalidParams` naming the problem (``name`` names the raster: see
+    :func:`read_header`).
     """
-    header = read_header(src_path)
+    header = read_header(src_path, name=name)
     formula = _optional_text(params, "formula")
     colormap = _optional_text(params, "colormap")
     preset_id = _optional_text(params, "preset")
@@ -824,17 +965,19 @@ def plan_export(src_path: str | Path, params: Mapping[str, Any]) -> ExportPlan:
         raise InvalidParams(f"bandFilter must be a string of band letters; got {band_filter_text!r}")
     spec = _formula(formula) if formula is not None else None
     colormap_id = _colormap_id(colormap) if colormap is not None else None
-    letters = tuple(_resolve_filter(header, band_filter_text))
+    choice = _choose_filter(header, band_filter_text)
+    letters = choice.letters
     preset = _preset(header, preset_id, letters) if preset_id is not None else None
     raw_bands = params.get("bands")
     bands = parse_bands(raw_bands, header.count) if raw_bands not in (None, "", []) else None
     rescale = parse_rescale(params.get("rescale"))
-    base = dict(source_path=str(src_path), width=header.width, height=header.height,
+    base = dict(source_path=str(src_path), source_name=header.name, width=header.width, height=header.height,
                 sensor=header.sensor.id if header.sensor else None, band_filter=letters,
-                rescale=rescale)
+                band_filter_rule=choice.rule,
+                rescale=rescale, rescale_auto=is_auto(params.get("rescale")))
 
     if spec is not None:
-        _require(spec, header, letters)
+        _require(spec, header, letters, rule=choice.rule)
         return _index_plan(header, base, "formula", spec.id, colormap_id)
     if bands is not None:
         return _composite_plan(header, base, "bands", bands, rescale)
@@ -862,7 +1005,8 @@ def _preset_plan(header: RasterHeader, base: dict[str, Any], decided_by: Any,
                  rescale: tuple[float, float] | None) -> ExportPlan:
     if preset.formula is not None:
         spec = _formula(preset.formula)
-        _require(spec, header, base["band_filter"], what=f"preset {preset.id}: ")
+        _require(spec, header, base["band_filter"], what=f"preset {preset.id}: ",
+                 rule=base["band_filter_rule"])
         return _index_plan(header, base, decided_by, spec.id,
                            colormap_id or preset.colormap, preset=preset.id)
     assert preset.bands is not None
@@ -889,7 +1033,8 @@ def _composite_plan(header: RasterHeader, base: dict[str, Any], decided_by: Any,
     with_alpha = _composite_has_alpha(header, bands)
     count = len(bands) + int(with_alpha)
     resolved: Literal["none", "explicit", "minmax", "percentile"] = (
-        "explicit" if rescale is not None else "none" if header.is_byte else stretch
+        "explicit" if rescale is not None else "percentile" if base["rescale_auto"]
+        else "none" if header.is_byte else stretch
     )
     return ExportPlan(
         **base, mode="composite", decided_by=decided_by, bands=bands, stretch=resolved,
@@ -937,13 +1082,14 @@ def render(
     """
     run = compute if compute is not None else (lambda delayed: delayed.compute())
     if da is None:
-        da = open_raster(plan.source_path, chunk_px=chunk_px)
+        da = open_raster(plan.source_path, chunk_px=chunk_px, name=plan.source_name or None)
     if plan.mode == "index":
         if plan.formula is not None:
             values = index(da, plan.formula, list(plan.band_filter))
         else:
             values = band_values(da, plan.value_band or 1)
-        value_range = rescale_range_lazy(values, plan.formula, plan.rescale)
+        value_range = rescale_range_lazy(
+            values, plan.formula, AUTO_RESCALE if plan.rescale_auto else plan.rescale)
         if not isinstance(value_range, tuple):
             low, high = run(value_range)
             value_range = (float(low), float(high))

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
+from tools.raster_checks import checked_read
 from tools.raster_graph import RasterHeader, read_header
 from tools.registration import Similarity, apply_affine
 
@@ -33,6 +34,7 @@ class Resampled:
 @dataclass(frozen=True)
 class _Plan:
     path: str
+    name: str  # how messages name the source (a dataset path)
     source_transform: Affine
     inverse: Similarity  # output map coordinates → source map coordinates
     out_transform: Affine
@@ -62,14 +64,14 @@ def output_grid(source_transform: Affine, width: int, height: int, model: Simila
 
 
 def resample_similarity(src: str | Path, model: Similarity, *, shift_z: float | None = None,
-                        chunk: int = 2048) -> Resampled:
+                        chunk: int = 2048, name: str | None = None) -> Resampled:
     """``src`` with its map coordinates corrected by ``model``, on a north-up grid. Integer
     rasters without nodata or alpha get an alpha band (the corners outside the rotated
     footprint are transparent); float rasters without nodata get NaN."""
     import dask.array as dsa
     import rasterio
 
-    header = read_header(src)
+    header = read_header(src, name=name)
     with rasterio.open(src) as ds:
         transform, crs = ds.transform, ds.crs
     out_transform, width, height = output_grid(transform, header.width, header.height, model)
@@ -79,7 +81,7 @@ def resample_similarity(src: str | Path, model: Similarity, *, shift_z: float | 
     add_alpha = alpha_band is None and nodata is None and not floating
     if alpha_band is None and nodata is None and floating:
         nodata = float("nan")
-    plan = _Plan(path=str(src), source_transform=transform, inverse=model.inverse(),
+    plan = _Plan(path=str(src), name=header.name, source_transform=transform, inverse=model.inverse(),
                  out_transform=out_transform, width=width, height=height, dtype=header.dtype,
                  source_count=header.count, source_width=header.width,
                  source_height=header.height, alpha_band=alpha_band, add_alpha=add_alpha,
@@ -148,8 +150,8 @@ def _sample(plan: _Plan, window: tuple[int, int, int, int], si: np.ndarray, sj: 
     i0, j0, i1, j1 = window
     with rasterio.open(plan.path) as ds:
         win = Window(j0, i0, j1 - j0, i1 - i0)
-        data = ds.read(window=win)
-        valid = ds.dataset_mask(window=win) > 0
+        data = checked_read(plan.name, ds.read, window=win)
+        valid = checked_read(plan.name, ds.dataset_mask, window=win) > 0
     if np.dtype(plan.dtype).kind == "f":
         valid &= np.all(np.isfinite(data), axis=0)
     coords = np.array([si - i0, sj - j0])

@@ -21,8 +21,9 @@ Detection (:func:`detect_sensor`), from a raster's :class:`RasterTraits` (header
 
 Band letters (:func:`band_letters`) come from band names, case-insensitively: a name
 containing ``red edge``/``rededge`` → ``Re``; starting with ``red`` → ``R``, ``green`` →
-``G``, ``blue`` → ``B``, ``nir`` or ``near infrared`` → ``N``; ``lwir`` or containing
-``thermal`` → ``T``. Each letter goes to the first band with it; other bands get None.
+``G``, ``blue`` → ``B``, ``nir`` or ``near infrared`` → ``N``; ``lwir``, ``tir`` or
+containing ``thermal`` → ``T`` (GDAL's colour interpretations ``red``, ``rededge``, ``nir``,
+``lwir``... read the same). Each letter goes to the first band with it; other bands get None.
 
 Presets (:class:`Preset`) are band composites (1-based ``bands`` r, g, b; optional
 ``stretch="percentile"``) or index presets (``formula`` + ``colormap``). A sensor's default
@@ -344,7 +345,7 @@ def band_letters(names: Sequence[str | None]) -> list[str | None]:
     letters: list[str | None] = []
     seen: set[str] = set()
     for name in names:
-        letter = _letter(name or "")
+        letter = band_letter(name or "")
         if letter is not None and letter not in seen:
             seen.add(letter)
             letters.append(letter)
@@ -353,15 +354,17 @@ def band_letters(names: Sequence[str | None]) -> list[str | None]:
     return letters
 
 
-def _letter(name: str) -> str | None:
+def band_letter(name: str) -> str | None:
+    """The band letter a band name (a description or a GDAL colour interpretation) means,
+    case-insensitively, or None (module rules)."""
     lower = name.strip().lower()
-    if "red edge" in lower or "rededge" in lower:
+    if any(word in lower for word in ("red edge", "rededge", "red-edge", "red_edge")):
         return "Re"
     for prefix, letter in (("red", "R"), ("green", "G"), ("blue", "B"), ("nir", "N"),
-                           ("near infrared", "N"), ("near-infrared", "N")):
+                           ("near infrared", "N"), ("near-infrared", "N"), ("near_infrared", "N")):
         if lower.startswith(prefix):
             return letter
-    if lower == "lwir" or "thermal" in lower:
+    if lower in ("lwir", "tir") or "thermal" in lower:
         return "T"
     return None
 
@@ -389,3 +392,13 @@ def fallback_presets(letters: Sequence[str | None]) -> tuple[Preset, ...]:
         Preset(id=p.id, name=p.name, formula=p.formula, colormap=p.colormap) for p in _THERMAL
     )
     return (*presets, *_VEGETATION, _NDRE, *non_default_thermal)
+
+
+def preset_ids() -> tuple[str, ...]:
+    """Every preset id some raster can have (the profiles' and the fallback ones), in table
+    order: the values a client may offer for ``preset``."""
+    ids: dict[str, None] = {}
+    for profile in PROFILES:
+        ids.update((p.id, None) for p in profile.presets)
+    ids.update((p.id, None) for p in fallback_presets(("R", "G", "B", "N")))
+    return tuple(ids)

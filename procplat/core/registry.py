@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 from procplat.errors import BadRequest
 from tools import (
@@ -60,14 +60,14 @@ class RegisteredTool:
         errors = sorted(self.validator.iter_errors(params), key=lambda e: list(e.path))
         if errors:
             details = [
-                {"path": "/".join(str(p) for p in e.absolute_path), "message": e.message}
+                {"path": "/".join(str(p) for p in e.absolute_path), "message": schema_message(e)}
                 for e in errors
             ]
             best = best_match(errors)
             where = "/".join(str(p) for p in best.absolute_path)
             raise BadRequest(
                 f"invalid parameters for {self.spec.id}: {where + ': ' if where else ''}"
-                f"{best.message}",
+                f"{schema_message(best)}",
                 details=details,
             )
         try:
@@ -88,6 +88,20 @@ class RegisteredTool:
             "resultExtension": s.result_extension,
             "inputSchema": s.input_schema,
         }
+
+
+def schema_message(error: ValidationError) -> str:
+    """jsonschema's message, but for a value outside an ``enum`` the allowed values as a
+    plain list, and for a ``pattern`` mismatch the parameter's description of its syntax."""
+    if error.validator == "enum" and isinstance(error.validator_value, list):
+        allowed = [str(v) for v in error.validator_value if v is not None]
+        nullable = None in error.validator_value
+        return (f"{error.instance!r} is not one of: {', '.join(allowed)}"
+                + (" (or null)" if nullable else ""))
+    if error.validator == "pattern" and isinstance(error.schema, dict) \
+            and error.schema.get("description"):
+        return f"{error.instance!r} is not valid: {error.schema['description']}"
+    return error.message
 
 
 class Registry:
