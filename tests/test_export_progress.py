@@ -112,6 +112,8 @@ def test_a_single_piece_export_says_one_piece(tmp_path: Path) -> None:
     recorder = Recorder()
     export(small, tmp_path / "out.tif", reporter=recorder)
     assert any("1 piece of 2048², 1 overview," in line for line in recorder.lines), recorder.lines
+    assert any(line.startswith("Wrote out.tif: 600×600×") and ", 1 overview, " in line
+               for line in recorder.lines), recorder.lines
 
 
 def test_the_service_log_follows_the_rendering_and_names_the_readme_phases(

@@ -188,7 +188,8 @@ def write_cog(
         spool_path.unlink(missing_ok=True)
     reporter.progress(1.0, "assembling")
     reporter.log(
-        f"Wrote {dst.name}: {width}×{height}×{count} {codec.dtype}, {layout.nlevels} overviews, "
+        f"Wrote {dst.name}: {width}×{height}×{count} {codec.dtype}, "
+        f"{_counted(layout.nlevels, 'overview')}, "
         f"{size / 1e6:.1f} MB in {time.monotonic() - started:.1f} s"
     )
     return CogInfo(path=dst, width=width, height=height, count=count, dtype=codec.dtype,
@@ -207,6 +208,11 @@ def _as_band_y_x(da: xr.DataArray) -> xr.DataArray:
         raise ValueError(f"expected a (band, y, x) or (y, x) array, got dims {da.dims}")
     band = next(d for d in da.dims if d not in (y, x))
     return da.transpose(band, y, x)
+
+
+def _counted(n: int, noun: str) -> str:
+    """``1 piece``, ``2 pieces``: a count for a log line a person reads."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _default_piece(da: xr.DataArray, blocksize: int) -> int:
@@ -797,9 +803,9 @@ def _render(da: xr.DataArray, layout: _Layout, codec: _Codec, spool: BinaryIO,
     with _runner(stop) as runner, piece_progress.counting(progress.tick, runner.client) as ticker:
         pieces = len(queue)
         reporter.log(f"Writing a {layout.width}×{layout.height}×{codec.count} {codec.dtype} COG: "
-                     f"{pieces} piece{'s' if pieces != 1 else ''} of {layout.piece}², "
-                     f"{layout.nlevels} overview{'s' if layout.nlevels != 1 else ''}, "
-                     f"{runner.slots} parallel task{'s' if runner.slots != 1 else ''}")
+                     f"{_counted(pieces, 'piece')} of {layout.piece}², "
+                     f"{_counted(layout.nlevels, 'overview')}, "
+                     f"{_counted(runner.slots, 'parallel task')}")
         window = 2 * runner.slots
         running: dict[Any, _Job] = {}
 
