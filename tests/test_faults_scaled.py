@@ -154,3 +154,64 @@ def test_worker_killed_mid_export_reruns_to_the_same_sha256(
     assert status["state"] == "Succeeded", status
     assert _result_sha(user, status) == expected
     _assert_nothing_lost(scaled, user, before)
+
+
+def _attempt_finished_on_cluster(deployment: ScaledDeployment, task_id: str,
+                                 timeout: float = 60) -> None:
+    """Wait until the attempt (seen running) is done on the cluster: its result is held or
+    already handed to the service and forgotten, whatever the service recorded of it."""
+    from distributed import Client
+
+    def finished(dask_scheduler: Any, task_id: str = task_id) -> bool:
+        states = [ts.state for key, ts in dask_scheduler.tasks.items() if task_id in str(key)]
+        return all(state in ("memory", "erred", "released", "forgotten") for state in states)
+
+    deadline = time.monotonic() + timeout
+    with Client(deployment.dask.address, timeout="30s") as client:
+        while not client.run_on_scheduler(finished):
+            assert time.monotonic() < deadline, f"task {task_id} did not finish on the cluster"
+            time.sleep(0.1)
+
+
+def test_postgres_restarted_mid_task_is_503_then_the_task_ends_with_its_artifact(
+    scaled: ScaledDeployment, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    user = _user(scaled)
+    _upload(user, "notes/readme.txt", b"field notes\n")
+    _upload(user, "ortho.tif", write_rgbn(tmp_path / "ortho.tif", 3072, tile=512).read_bytes())
+    before = files_on_disk(_dataset_root(scaled))
+    params = {"path": "ortho.tif", "formula": "NDVI", "bandFilter": "RGBN"}
+    task_id = _submit(user, "raster-export", params)
+    wait_state(user, f"{TASKS}/{task_id}", ("Processing",))
+
+    postgres.stop()
+    try:
+        # the attempt's progress, its log lines and its outcome all reach the service while
+        # the index is down
+        during: list[httpx.Response] = []
+        done = False
+        while not done or len(during) < 12:
+            during += [user.get(f"{TASKS}/{task_id}"), user.get(f"{TASKS}/{task_id}/log"),
+                       user.get(f"{DATASET}/entries"), user.post(TASKS, json={
+                           "toolId": "raster-export", "params": params})]
+            if not done:
+                _attempt_finished_on_cluster(scaled, task_id)
+                done = True
+        health = httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30)
+    finally:
+        postgres.start()
+    assert [r.status_code for r in during] == [503] * len(during), [r.text for r in during]
+    assert all("index" in r.json()["error"] and r.headers.get("retry-after") for r in during)
+    assert health.status_code == 503 and health.json()["index"] is False
+
+    status = wait_state(user, f"{TASKS}/{task_id}", FINAL, timeout=60)
+    assert status["state"] == "Succeeded", status
+    assert status["progress"]["percent"] == 100
+    _result_sha(user, status)
+    log = user.get(f"{TASKS}/{task_id}/log").json()["lines"]
+    assert any("Wrote ortho_export.tif" in line for line in log), log
+    assert httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30).status_code == 200
+    again = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+    assert again["state"] == "Succeeded", again
+    assert _result_sha(user, again) == status["artifact"]["sha256"]
+    _assert_nothing_lost(scaled, user, before)
