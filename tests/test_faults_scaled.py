@@ -8,6 +8,7 @@ and no task is left active.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -215,3 +216,64 @@ def test_postgres_restarted_mid_task_is_503_then_the_task_ends_with_its_artifact
     assert again["state"] == "Succeeded", again
     assert _result_sha(user, again) == status["artifact"]["sha256"]
     _assert_nothing_lost(scaled, user, before)
+
+
+def _noise_raster(path: Path, size: int) -> Path:
+    """A 4-band uint8 raster of noise: its export cannot compress, so it needs its size."""
+    bands = np.random.default_rng(7).integers(1, 255, (4, size, size), dtype=np.uint8)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05), tiled=True,
+        blockxsize=256, blockysize=256, photometric="MINISBLACK",
+    ) as dst:
+        dst.write(bands)
+    return path
+
+
+@pytest.fixture
+def small_data_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB file system (tmpfs) as the shared data folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data)], check=True)
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "--lazy", str(data)], check=False)
+
+
+def test_data_disk_full_during_an_export_fails_cleanly_and_the_service_recovers(
+    small_data_disk: Path, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    scaled = start_scaled(small_data_disk, postgres.new_database(), env=SCALED_ENV)
+    try:
+        user = _user(scaled)
+        _upload(user, "notes/readme.txt", b"field notes\n")
+        _upload(user, "noise.tif", _noise_raster(tmp_path / "noise.tif", 1024).read_bytes())
+        root = _dataset_root(scaled)
+        before = files_on_disk(root)
+        params = {"path": "noise.tif", "bands": [1, 2, 3]}  # a ~4 MB COG
+
+        filler = small_data_disk / "filler"
+        free = os.statvfs(small_data_disk)
+        with open(filler, "wb") as out:  # leave 1 MiB
+            os.posix_fallocate(out.fileno(), 0, free.f_bavail * free.f_frsize - 2**20)
+        full = user.put(f"{DATASET}/files/notes/big.bin", content=bytes(2 * 2**20))
+        assert full.status_code == 507, full.text
+        status = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+        assert status["state"] == "Failed", status
+        assert "disk is full" in status["error"], status
+        log = user.get(f"{TASKS}/{status['taskId']}/log").json()["lines"]
+        assert not any(str(small_data_disk) in text for text in [status["error"], *log]), log
+        assert not (small_data_disk / "artifacts" / status["taskId"]).exists()
+        _assert_nothing_lost(scaled, user, before)
+
+        filler.unlink()
+        _upload(user, "notes/after.txt", b"written once space was freed\n")
+        again = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+        assert again["state"] == "Succeeded", again
+        _result_sha(user, again)
+        assert httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30).status_code == 200
+        _assert_nothing_lost(scaled, user, before)
+    finally:
+        scaled.stop()
