@@ -98,6 +98,7 @@ class Supervisor:
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def dashboard_link(self) -> str | None:
@@ -110,20 +111,29 @@ class Supervisor:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
+        self._closing = True  # a write waiting for the index gives up: recover() redoes it
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await self.flush()
+        try:
+            await self.flush()
+        except INDEX_UNAVAILABLE:
+            log.warning("stopping while the index is unavailable: the last progress and log "
+                        "lines are not written (the next start re-queues or re-attaches)")
         await self.engine.close()
 
     async def _write_when_available(self, write: Any, *args: Any) -> Any:
         """Run a blocking index write off the event loop, again and again with back-off for as
         long as the index is unavailable (a write is one transaction, rolled back when the
-        connection breaks): what the cluster reported is written late, never lost."""
+        connection breaks): what the cluster reported is written late, never lost. Once the
+        service is closing it gives up, so a stop during an outage does not hang (the next
+        start re-queues or re-attaches the task)."""
         delay = INDEX_RETRY_FIRST_DELAY
         while True:
             try:
                 return await anyio.to_thread.run_sync(write, *args)
             except INDEX_UNAVAILABLE as exc:
+                if self._closing:
+                    raise
                 log.warning("the index is unavailable (%s); retrying %s in %.1f s",
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                             getattr(write, "__name__", "a write"), delay)
