@@ -11,10 +11,13 @@
     ├── PayloadTooLarge       413  (body too large, estimated output above quota)
     ├── RangeNotSatisfiable   416
     ├── TooManyRequests       429  (concurrency quota; carries Retry-After)
+    ├── ServiceUnavailable    503  (the index cannot be reached; carries Retry-After)
     └── InsufficientStorage   507  (the disk is full: ENOSPC or EDQUOT while storing)
 
 Tool errors (:mod:`tools.contract`) are translated at the core boundary:
-``InvalidParams`` → ``BadRequest``.
+``InvalidParams`` → ``BadRequest``. The index's connection errors
+(:data:`procplat.index.db.INDEX_UNAVAILABLE`) are translated where the API renders errors
+(:mod:`procplat.api.http`): ``ServiceUnavailable``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,13 @@ class RangeNotSatisfiable(ProcplatError):
 
 class TooManyRequests(ProcplatError):
     status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ServiceUnavailable(ProcplatError):
+    status = 503
 
     def __init__(self, message: str, *, retry_after: int = 5):
         super().__init__(message, headers={"Retry-After": str(retry_after)})

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,18 @@ class DaskProcesses:
     address: str
     procs: list[subprocess.Popen[bytes]]
 
+    def kill_worker_at(self, address: str) -> None:
+        """SIGKILL the ``dask worker`` (nanny and worker process) serving ``address``, for
+        good: it is not restarted."""
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            pid = client.run(os.getpid, workers=[address])[address]
+        group = os.getpgid(pid)
+        worker = next(p for p in self.procs[1:] if p.pid == group)
+        os.killpg(group, signal.SIGKILL)
+        worker.wait(timeout=30)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             try:
@@ -139,3 +155,152 @@ def start_dask(log_dir: Path, n_workers: int = 2) -> DaskProcesses:
     with Client(address, timeout="60s") as client:
         client.wait_for_workers(n_workers, timeout=60)
     return DaskProcesses(address=address, procs=procs)
+
+
+# --- PostgreSQL of its own -------------------------------------------------------------------
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name))
+    if not found:
+        raise RuntimeError("PostgreSQL's programs are not installed (see .ci/run)")
+    return found[-1].parent
+
+
+def _as_postgres(*args: str) -> list[str]:
+    """Run a PostgreSQL program as the ``postgres`` user when we are root (it refuses root)."""
+    if os.geteuid() != 0:
+        return list(args)
+    return ["su", "postgres", "-c", " ".join(f"'{a}'" for a in args)]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server of its own (initdb in a temporary folder), which a test may stop
+    and start without disturbing any other test."""
+
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(_as_postgres(str(_pg_bin() / "pg_ctl"), "-D", str(self.folder / "data"),
+                                    *args), check=True, stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.folder / "log"), "-w", "start", "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                  "-c max_connections=200 -c fsync=off")
+
+    def stop(self) -> None:
+        """A fast shutdown: connected clients are disconnected, as in a restart or failover."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def start_postgres() -> PostgresServer:
+    """initdb into a fresh folder under the system's temporary folder (one the ``postgres``
+    user can reach, unlike pytest's private ones) and start the server; :meth:`~PostgresServer.
+    remove` stops it and deletes the folder."""
+    folder = Path(tempfile.mkdtemp(prefix="procplat-test-pg."))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    subprocess.run(_as_postgres(str(_pg_bin() / "initdb"), "-D", str(folder / "data"), "-A",
+                                "trust", "-U", "postgres"), check=True, stdout=subprocess.DEVNULL)
+    server = PostgresServer(folder=folder, port=free_port())
+    server.start()
+    return server
+
+
+# --- the scaled deployment -----------------------------------------------------------------
+
+@dataclass
+class ScaledDeployment:
+    """API replicas (``procplat serve`` processes) on one PostgreSQL index, one ``dask
+    scheduler`` with its workers and one shared data folder."""
+
+    data: Path
+    database_url: str
+    dask: DaskProcesses
+    replicas: list[ServiceProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def add_replica(self) -> ServiceProcess:
+        replica = start_service(self.data, env={
+            "PROCPLAT_DATABASE_URL": self.database_url,
+            "PROCPLAT_DASK_ADDRESS": self.dask.address,
+            **self.env,
+        })
+        self.replicas.append(replica)
+        return replica
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.terminate()
+        self.dask.stop()
+
+
+def start_scaled(data: Path, database_url: str, *, replicas: int = 1, workers: int = 2,
+                 env: dict[str, str] | None = None) -> ScaledDeployment:
+    data.mkdir(parents=True, exist_ok=True)
+    deployment = ScaledDeployment(data=data, database_url=database_url,
+                                  dask=start_dask(data.parent, n_workers=workers), env=env or {})
+    try:
+        for _ in range(replicas):
+            deployment.add_replica()
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment
+
+
+# --- what must hold after a fault ----------------------------------------------------------
+
+ACTIVE_STATES = ("Created", "Enqueued", "Scheduled", "Processing")
+
+
+def files_on_disk(dataset_root: Path) -> dict[str, tuple[int, str]]:
+    """Every file of a dataset (its service folder excluded): path → (size, sha256)."""
+    found: dict[str, tuple[int, str]] = {}
+    for path in sorted(dataset_root.rglob("*")):
+        rel = path.relative_to(dataset_root).as_posix()
+        if rel.split("/")[0] == ".ddb" or not path.is_file():
+            continue
+        found[rel] = (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def files_in_index(client: httpx.Client, dataset_url: str) -> dict[str, tuple[int, str]]:
+    response = client.get(f"{dataset_url}/entries", params={"recursive": "true"})
+    assert response.status_code == 200, response.text
+    return {e["path"]: (e["size"], e["hash"]) for e in response.json() if e["type"] != "directory"}
+
+
+def assert_index_is_disk(client: httpx.Client, dataset_url: str, dataset_root: Path) -> None:
+    assert files_in_index(client, dataset_url) == files_on_disk(dataset_root)
+
+
+def assert_no_active_task(admin: httpx.Client) -> None:
+    response = admin.get("/sys/tasks", params={"take": "200"})
+    assert response.status_code == 200, response.text
+    active = [(t["taskId"], t["state"]) for t in response.json()["items"]
+              if t["state"] in ACTIVE_STATES]
+    assert not active, active

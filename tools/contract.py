@@ -17,6 +17,7 @@ Nothing here imports the service: a notebook can use every tool with a
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,30 @@ Access = Literal["Read", "Write"]
 
 class ToolError(Exception):
     """A run failed for a reason a person can act on (the message says which)."""
+
+
+# "No space left": the disk, or the user's quota on it, is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFull(ToolError):
+    """The storage a run writes to is full; the message names no path of the server's."""
+
+    def __init__(self) -> None:
+        super().__init__("the disk is full: the task's output could not be written (no space "
+                         "left on the service's storage); retry once space has been freed")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is "no space left"."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS:
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class InvalidParams(ToolError):

@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from procplat.core.auth import Principal, authenticate
-from procplat.errors import BadRequest, PayloadTooLarge, ProcplatError
+from procplat.errors import BadRequest, PayloadTooLarge, ProcplatError, ServiceUnavailable
+from procplat.index.db import INDEX_UNAVAILABLE
 
 log = logging.getLogger("procplat.api")
 # A token's user is cached this long per API process: short, because a token revoked in the
@@ -154,6 +155,14 @@ async def on_client_disconnect(_request: Request, _exc: Exception) -> Response:
     return JSONResponse({"error": "client disconnected"}, status_code=400)
 
 
+async def on_index_unavailable(request: Request, exc: Exception) -> Response:
+    """The index cannot be reached (e.g. PostgreSQL is restarting): a 503 to retry, logged
+    as one line without a traceback (the pool reconnects by itself once it is back)."""
+    log.warning("the index is unavailable on %s %s: %s", request.method, request.url.path,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return error_response(ServiceUnavailable("the index is unavailable; retry shortly"))
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
@@ -163,5 +172,6 @@ EXCEPTION_HANDLERS = {
     ProcplatError: on_procplat_error,
     HTTPException: on_http_exception,
     ClientDisconnect: on_client_disconnect,
+    **{kind: on_index_unavailable for kind in INDEX_UNAVAILABLE},
     Exception: on_unexpected,
 }

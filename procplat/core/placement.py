@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -31,12 +30,11 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from procplat.errors import InsufficientStorage, PayloadTooLarge
+from tools.contract import DISK_FULL_ERRNOS
 from tools.detect import Detected, detect
 from tools.hashing import sha256_file
 
 log = logging.getLogger(__name__)
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from procplat.core.registry import Registry
 from procplat.engine.engine import Engine
 from procplat.engine.job import Job, Outcome
 from procplat.index import queries as q
-from procplat.index.db import Database, utcnow
+from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
 from tools.safepath import SERVICE_FOLDER
@@ -41,6 +41,8 @@ def _task_of(folder: Path) -> str | None:
             return match.group("task")
     return None
 START_FLUSH_DELAY = 0.05
+INDEX_RETRY_FIRST_DELAY = 0.5  # back-off while the index is unavailable: doubling up to
+INDEX_RETRY_MAX_DELAY = 10.0   # this, for as long as it takes
 TRAILING_EVENTS_WAIT = 2.0
 CANCEL_GRACE_SECONDS = 10.0
 
@@ -96,6 +98,7 @@ class Supervisor:
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def dashboard_link(self) -> str | None:
@@ -108,10 +111,34 @@ class Supervisor:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
+        self._closing = True  # a write waiting for the index gives up: recover() redoes it
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await self.flush()
+        try:
+            await self.flush()
+        except INDEX_UNAVAILABLE:
+            log.warning("stopping while the index is unavailable: the last progress and log "
+                        "lines are not written (the next start re-queues or re-attaches)")
         await self.engine.close()
+
+    async def _write_when_available(self, write: Any, *args: Any) -> Any:
+        """Run a blocking index write off the event loop, again and again with back-off for as
+        long as the index is unavailable (a write is one transaction, rolled back when the
+        connection breaks): what the cluster reported is written late, never lost. Once the
+        service is closing it gives up, so a stop during an outage does not hang (the next
+        start re-queues or re-attaches the task)."""
+        delay = INDEX_RETRY_FIRST_DELAY
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(write, *args)
+            except INDEX_UNAVAILABLE as exc:
+                if self._closing:
+                    raise
+                log.warning("the index is unavailable (%s); retrying %s in %.1f s",
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                            getattr(write, "__name__", "a write"), delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, INDEX_RETRY_MAX_DELAY)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -236,7 +263,7 @@ class Supervisor:
                 batch = {only: self._pending.pop(only)} if only in self._pending else {}
             batch = {k: v for k, v in batch.items() if not v.empty()}
             if batch:
-                await anyio.to_thread.run_sync(self._write_batch, batch)
+                await self._write_when_available(self._write_batch, batch)
 
     def _write_batch(self, batch: dict[str, Pending]) -> None:
         with self.db.write() as s:
@@ -308,9 +335,10 @@ class Supervisor:
             self._attempts.pop(task_id, None)
             self._received.pop(task_id, None)
             if outcome.lost:
-                await anyio.to_thread.run_sync(self._retry_or_fail, task_id, outcome.error or "lost")
+                await self._write_when_available(self._retry_or_fail, task_id,
+                                                 outcome.error or "lost")
             else:
-                await anyio.to_thread.run_sync(self._record_outcome, outcome)
+                await self._write_when_available(self._record_outcome, outcome)
         else:
             # Nothing to index: the last progress and log lines and the outcome go into the
             # index in one transaction (under the flush lock, so they stay in order).
@@ -318,7 +346,7 @@ class Supervisor:
                 pending = self._pending.pop(task_id, None)
                 self._attempts.pop(task_id, None)
                 self._received.pop(task_id, None)
-                await anyio.to_thread.run_sync(self._record_outcome, outcome, pending)
+                await self._write_when_available(self._record_outcome, outcome, pending)
         await self.engine.forget_cancel_event(task_id)
 
     def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> None:
@@ -451,6 +479,9 @@ class Supervisor:
         while True:
             try:
                 await anyio.to_thread.run_sync(self.sweep)
+            except INDEX_UNAVAILABLE as exc:  # the next sweep does it
+                log.warning("sweep skipped: the index is unavailable (%s)",
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             except Exception:
                 log.exception("sweep failed")
             await asyncio.sleep(self.settings.sweep_interval_seconds)

@@ -8,7 +8,7 @@ folder is removed, so a failed or cancelled attempt leaves no partial output.
 
 Every way an attempt ends is returned, not raised: ``{"ending": ...}`` is ``succeeded``,
 ``cancelled`` (the user asked it to stop), ``failed`` (the tool raised :class:`ToolError`,
-a message for a person) or ``error`` (any other exception: a bug, returned with its
+a message for a person, or the disk was full: :class:`~tools.contract.DiskFull`) or ``error`` (any other exception: a bug, returned with its
 traceback for the service to log once). An exception raised out of a Dask task is logged by
 the worker as "Compute Failed" with a traceback, which is for faults, and a cancel or a clean
 tool error is an outcome. Only the death of the worker process ends an attempt without a
@@ -29,7 +29,15 @@ from typing import Any
 from distributed import Event, get_worker
 
 from procplat.engine.job import EVENT_TOPIC, Job, cancel_event_name
-from tools.contract import Cancelled, ToolContext, ToolError, ToolLimits, ToolResult
+from tools.contract import (
+    Cancelled,
+    DiskFull,
+    ToolContext,
+    ToolError,
+    ToolLimits,
+    ToolResult,
+    is_disk_full,
+)
 from tools.hashing import sha256_file
 
 CANCEL_CHECK_INTERVAL = 0.2
@@ -118,9 +126,10 @@ def run_job(job: Job) -> dict[str, Any]:
         reporter.log("Cancelled")
         return _ended("cancelled", reporter, error="cancelled")
     except ToolError as exc:
-        reporter.log(f"Error: {exc}")
-        return _ended("failed", reporter, error=str(exc))
+        return _failed(exc, reporter)
     except Exception as exc:
+        if is_disk_full(exc):  # in any tool, or while storing the artifact: the user's to act on
+            return _failed(DiskFull(), reporter)
         reporter.log(f"Error: {type(exc).__name__}: {exc}")
         return _ended("error", reporter, error=f"{type(exc).__name__}: {exc}",
                       traceback="".join(traceback.format_exception(exc)))
@@ -157,6 +166,11 @@ def _succeeded(job: Job, result: ToolResult, reporter: DaskReporter) -> dict[str
         "entriesUpdated": list(result.entries_updated),
         "logLinesSent": reporter.lines_sent,
     }
+
+
+def _failed(exc: ToolError, reporter: DaskReporter) -> dict[str, Any]:
+    reporter.log(f"Error: {exc}")
+    return _ended("failed", reporter, error=str(exc))
 
 
 def _ended(ending: str, reporter: DaskReporter, **fields: Any) -> dict[str, Any]:

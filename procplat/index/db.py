@@ -30,12 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from procplat.index.migrate import require_current, upgrade
 
 SUBMIT_LOCK_KEY = 0x70726F63  # "proc"
+# What the index raises when it cannot be reached or used for now (the server is down or
+# restarting, a connection broke, the pool is exhausted): the API answers 503, the supervisor
+# retries its writes. SQLAlchemy wraps the driver's errors in these.
+INDEX_UNAVAILABLE: tuple[type[Exception], ...] = (
+    exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
 
 
 def _path_key(path: str) -> int:
