@@ -43,6 +43,8 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -344,8 +346,21 @@ def prepare(world: World) -> tuple[str, str, dict[str, str]]:
     return token, tasks_url, {"taskId": first["taskId"], "archiveName": name}
 
 
+def start_profilers(world: World, out_dir: Path, phase: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``pip install py-spy``) on every service process until the phase has drained."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    label = f"{world.setup.index}{world.setup.replicas}-{world.setup.tree_label}-{phase}"
+    spies = [subprocess.Popen(
+        [spy, "record", "--pid", str(s.proc.pid), "--rate", "200", "--gil", "--format", "raw",
+         "--output", str(out_dir / f"{label}-{i}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, s in enumerate(world.services)]
+    time.sleep(1)  # py-spy attaches
+    return spies
+
+
 def run_phase(world: World, token: str, tasks_url: str, dedup: dict[str, str],
-              weights: dict[str, int], args: argparse.Namespace) -> PhaseResult:
+              weights: dict[str, int], args: argparse.Namespace, phase: str) -> PhaseResult:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=client_process, args=(
@@ -353,6 +368,7 @@ def run_phase(world: World, token: str, tasks_url: str, dedup: dict[str, str],
         f"c{i}-{uuid.uuid4().hex[:6]}", i * args.connections, queue))
         for i in range(args.clients)]
     load0 = os.getloadavg()[0]
+    spies = start_profilers(world, args.profile, phase) if args.profile else []
     wall0 = time.perf_counter()
     cpu0 = world.cpu()
     busy0 = TreeMemory.machine_busy()
@@ -370,6 +386,9 @@ def run_phase(world: World, token: str, tasks_url: str, dedup: dict[str, str],
     cpu1 = world.cpu()
     busy = TreeMemory.machine_busy() - busy0
     wall = time.perf_counter() - wall0
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     codes: dict[str, Counter[str]] = defaultdict(Counter)
     latencies: dict[str, list[float]] = defaultdict(list)
     created = 0
@@ -466,6 +485,8 @@ def main() -> int:
         help="a PostgreSQL server where a fresh database is made per setup")
     parser.add_argument("--progress-throttle", type=float, default=2.0,
                         help="ProgressUpdateThrottleSeconds of the service (2, the default)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy every service process per phase, collapsed stacks into DIR")
     parser.add_argument("--json", type=Path, help="also write every row to this JSON file")
     args = parser.parse_args()
 
@@ -494,7 +515,7 @@ def main() -> int:
                     token, tasks_url, dedup = prepare(world)
                     for phase in args.phases:
                         weights = MIXED_WEIGHTS if phase == "mixed" else {"distinct": 1}
-                        result = run_phase(world, token, tasks_url, dedup, weights, args)
+                        result = run_phase(world, token, tasks_url, dedup, weights, args, phase)
                         r = row(setup, phase, result)
                         every = [v for vs in result.latencies.values() for v in vs]
                         r["p50all"], r["p99all"] = pct(every, 50), pct(every, 99)
