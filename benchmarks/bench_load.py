@@ -347,14 +347,25 @@ def prepare(world: World) -> tuple[str, str, dict[str, str]]:
 
 
 def start_profilers(world: World, out_dir: Path, phase: str) -> list[subprocess.Popen[bytes]]:
-    """py-spy (``pip install py-spy``) on every service process until the phase has drained."""
+    """py-spy (``pip install py-spy``) on every service process, the scheduler and the workers,
+    from the phase's start until it has drained (``--gil``: samples of the thread holding the
+    GIL, i.e. Python's CPU time)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).with_name("py-spy"))
     label = f"{world.setup.index}{world.setup.replicas}-{world.setup.tree_label}-{phase}"
+    import psutil
+
+    targets = {f"service{i}": s.proc.pid for i, s in enumerate(world.services)}
+    targets["scheduler"] = world.cluster.procs[0].pid
+    for n, proc in enumerate(world.cluster.procs[1:]):  # the worker under each nanny
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                if "python" in child.name():
+                    targets[f"worker{n}"] = child.pid
     spies = [subprocess.Popen(
-        [spy, "record", "--pid", str(s.proc.pid), "--rate", "200", "--gil", "--format", "raw",
-         "--output", str(out_dir / f"{label}-{i}.txt")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, s in enumerate(world.services)]
+        [spy, "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw",
+         "--output", str(out_dir / f"{label}-{name}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in targets.items()]
     time.sleep(1)  # py-spy attaches
     return spies
 
