@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import shutil
@@ -79,14 +78,6 @@ def _log_outcome(outcome: Outcome, tool_id: str) -> None:
         log.warning("task %s (%s) failed: %s", outcome.task_id, tool_id, outcome.error)
 
 
-@functools.lru_cache(maxsize=4096)
-def _real_path(path: Path) -> str:
-    """``path.resolve()``, once per path: the data folder's layout (no links made by users)
-    does not change while the service runs, and three ``realpath`` walks per task were ~2 %
-    of its CPU."""
-    return str(path.resolve())
-
-
 class Supervisor:
     def __init__(
         self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets
@@ -136,8 +127,8 @@ class Supervisor:
         return Job(
             task_id=task.id, attempt=attempt, tool_module=tool.module_name, tool_id=task.tool_id,
             params=dict(task.params),
-            dataset_root=_real_path(ref.root),
-            work_root=_real_path(st.work_dir), artifacts_root=_real_path(st.artifacts_dir),
+            dataset_root=str(ref.root.resolve()),
+            work_root=str(st.work_dir.resolve()), artifacts_root=str(st.artifacts_dir.resolve()),
             annotations={"procplat_task": task.id, "procplat_tool": task.tool_id},
             limits={"max_archive_extract_bytes": st.max_archive_extract_size_bytes,
                     "raster_tile_size": st.default_raster_tile_size},
@@ -331,8 +322,8 @@ class Supervisor:
                     self._record_outcome, outcome, pending)
             if not cancel_asked:
                 # The scheduler holds a task's cancel event only once a cancel has set it,
-                # and a cancel marks the task inactive first: nothing to forget (this saves
-                # a scheduler RPC, ~14 % of the service's CPU per task).
+                # and a cancel marks the task inactive first: nothing to forget (saves a
+                # scheduler round trip per task).
                 return
         await self.engine.forget_cancel_event(task_id)
 
