@@ -125,11 +125,11 @@ def free_port() -> int:
 class ExternalCluster:
     """``dask scheduler`` + 2 ``dask worker`` processes (1 thread each)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, pythonpath: Path | None = None) -> None:
         port = free_port()
         self.scheduler_address = f"tcp://127.0.0.1:{port}"
         dask = str(Path(sys.executable).with_name("dask"))
-        env = {**os.environ, "GDAL_CACHEMAX": "256", "PYTHONPATH": str(Path.cwd())}
+        env = {**os.environ, "GDAL_CACHEMAX": "256", "PYTHONPATH": str(pythonpath or Path.cwd())}
         logs = workdir / "dask-logs"
         logs.mkdir()
         self.procs = [subprocess.Popen(

@@ -10,6 +10,7 @@ import random
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -174,6 +175,39 @@ def test_cancel_stops_running_task_promptly_and_leaves_no_output(world: World) -
     assert not (world.server.settings.artifacts_dir / task_id).exists()
     log = world.user.get(f"{world.tasks_url}/{task_id}/log").json()["lines"]
     assert any("Cancelled" in line for line in log)
+
+
+def _scheduler_events(address: str) -> set[str]:
+    """The names of the Dask events the scheduler holds."""
+    from distributed import Client
+
+    def names(dask_scheduler: Any) -> list[str]:
+        return [str(name) for name in dask_scheduler.extensions["events"]._events]
+
+    with Client(address, timeout="30s") as client:
+        return set(client.run_on_scheduler(names))
+
+
+def test_scheduler_forgets_the_cancel_event_of_a_cancelled_task(world: World) -> None:
+    # The supervisor clears a task's cancel event only when a cancel may have set it; a
+    # cancelled task's must still go, or the scheduler keeps one per cancel for good.
+    from procplat.engine.job import cancel_event_name
+
+    address = world.server.settings.dask_address
+    assert address is not None
+    world.upload("slow/big.txt", big_text(200_000_000, seed=3))
+    task_id = world.submit("bulk-download", {"paths": ["slow"]}).json()["taskId"]
+    world.wait(task_id, states=("Processing",))
+    assert world.user.delete(f"{world.tasks_url}/{task_id}").status_code == 200
+    # the cancel set the event (it may already be cleared again when we first look)
+    deadline = time.monotonic() + 15
+    while cancel_event_name(task_id) in _scheduler_events(address):
+        assert time.monotonic() < deadline, "the cancel event was never cleared"
+        time.sleep(0.1)
+    world.upload("t2.txt", b"t")
+    done = world.submit("bulk-download", {"paths": ["t2.txt"]}).json()["taskId"]
+    world.wait(done)
+    assert cancel_event_name(done) not in _scheduler_events(address)
 
 
 def test_cancel_terminal_task_marks_deleted_and_purges_artifact(world: World) -> None:

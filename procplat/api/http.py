@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -102,21 +103,42 @@ class RejectNulInUrl:
         await self.app(scope, receive, send)
 
 
-def caller(request: Request) -> Principal | None:
-    """The authenticated caller (cached briefly by token), or None when anonymous."""
+_MISS = object()
+
+
+def _cached_caller(request: Request) -> Any:
+    """The caller if the token cache (or the lack of a header) answers, else ``_MISS``."""
     header = request.headers.get("authorization")
     if not header:
         return None
+    hit = request.app.state.principal_cache.get(header)
+    if hit is not None and time.monotonic() - hit[0] < PRINCIPAL_CACHE_SECONDS:
+        return hit[1]
+    return _MISS
+
+
+def caller(request: Request) -> Principal | None:
+    """The authenticated caller (cached briefly by token), or None when anonymous."""
+    cached = _cached_caller(request)
+    if cached is not _MISS:
+        return cached
+    header = request.headers["authorization"]
     cache: dict[str, tuple[float, Principal | None]] = request.app.state.principal_cache
     now = time.monotonic()
-    hit = cache.get(header)
-    if hit is not None and now - hit[0] < PRINCIPAL_CACHE_SECONDS:
-        return hit[1]
     principal = authenticate(request.app.state.db, header)
     if len(cache) > 10000:
         cache.clear()
     cache[header] = (now, principal)
     return principal
+
+
+async def caller_async(request: Request) -> Principal | None:
+    """:func:`caller` for async routes: a cached token is answered on the event loop, only a
+    token the cache does not hold goes to a thread (the index read)."""
+    cached = _cached_caller(request)
+    if cached is not _MISS:
+        return cached
+    return await run_in_threadpool(caller, request)
 
 
 def query(request: Request, name: str) -> str | None:

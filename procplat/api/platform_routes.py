@@ -8,7 +8,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from procplat.api.file_response import file_response
-from procplat.api.http import caller, json_response, query, query_bool, read_json_object
+from procplat.api.http import (
+    caller,
+    caller_async,
+    json_response,
+    query,
+    query_bool,
+    read_json_object,
+)
 from procplat.core import auth
 from procplat.core.datasets import Datasets, user_path
 from procplat.errors import BadRequest, NotFound, PayloadTooLarge
@@ -27,7 +34,7 @@ def _slugs(request: Request) -> tuple[str, str]:
 
 async def create_user(request: Request) -> Response:
     body = await read_json_object(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     username, token = await run_in_threadpool(
         auth.create_user, request.app.state.db, who, body.get("username"), body.get("admin", False)
     )
@@ -36,7 +43,7 @@ async def create_user(request: Request) -> Response:
 
 async def create_org(request: Request) -> Response:
     body = await read_json_object(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     org = await run_in_threadpool(_datasets(request).create_org, who, body.get("slug"), body.get("name"))
     return json_response(org, 201)
 
@@ -55,7 +62,7 @@ def list_datasets(request: Request) -> Response:
 
 async def add_member(request: Request) -> Response:
     body = await read_json_object(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     member = await run_in_threadpool(
         _datasets(request).add_member, who, request.path_params["org"], body.get("username")
     )
@@ -64,7 +71,7 @@ async def add_member(request: Request) -> Response:
 
 async def create_dataset(request: Request) -> Response:
     body = await read_json_object(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     ref = await run_in_threadpool(
         _datasets(request).create_dataset, who, request.path_params["org"], body.get("slug"),
         body.get("visibility"),
@@ -79,7 +86,7 @@ def get_dataset(request: Request) -> Response:
 
 async def put_file(request: Request) -> Response:
     datasets = _datasets(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     ref = await run_in_threadpool(datasets.open, who, *_slugs(request), "Write")
     limit = request.app.state.settings.max_upload_bytes
     declared = request.headers.get("content-length")
@@ -98,7 +105,7 @@ def get_file(request: Request) -> Response:
 
 async def delete_file(request: Request) -> Response:
     datasets = _datasets(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     ref = await run_in_threadpool(datasets.open, who, *_slugs(request), "Write")
     await run_in_threadpool(datasets.delete, ref, request.path_params["path"])
     return Response(status_code=204)

@@ -3,13 +3,12 @@ cancel, clear."""
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from procplat.api.file_response import file_response
-from procplat.api.http import caller, json_response, query, read_json
+from procplat.api.http import caller, caller_async, json_response, query, read_json
 from procplat.core.tasks import Tasks
 
 BASE = "/orgs/{org}/ds/{ds}/tasks"
@@ -31,7 +30,7 @@ def list_tools(request: Request) -> Response:
 
 async def submit(request: Request) -> Response:
     body = await read_json(request)
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     submitted = await _tasks(request).submit(who, *_where(request), body)
     if submitted.created:
         return json_response(submitted.body, 202, headers={"Location": submitted.body["statusUrl"]})
@@ -67,14 +66,14 @@ def task_result(request: Request) -> Response:
 
 
 async def cancel_task(request: Request) -> Response:
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     return json_response(
         await _tasks(request).cancel(who, *_where(request), request.path_params["task"])
     )
 
 
 async def clear_tasks(request: Request) -> Response:
-    who = await run_in_threadpool(caller, request)
+    who = await caller_async(request)
     return json_response(await _tasks(request).clear(who, *_where(request), query(request, "toolId")))
 
 

@@ -346,17 +346,25 @@ class Supervisor:
                 pending = self._pending.pop(task_id, None)
                 self._attempts.pop(task_id, None)
                 self._received.pop(task_id, None)
-                await self._write_when_available(self._record_outcome, outcome, pending)
+                cancel_asked = await self._write_when_available(
+                    self._record_outcome, outcome, pending)
+            if not cancel_asked:
+                # The scheduler holds a task's cancel event only once a cancel has set it,
+                # and a cancel marks the task inactive first: nothing to forget (saves a
+                # scheduler round trip per task).
+                return
         await self.engine.forget_cancel_event(task_id)
 
-    def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> None:
+    def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> bool:
+        """Write the outcome; whether a cancel may have been asked (the task was no longer
+        active, or the run ended cancelled)."""
         if outcome.entries_added or outcome.entries_removed or outcome.entries_updated:
             with self.db.read() as s:
                 task = q.get_task(s, outcome.task_id)
                 ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
             if task is None or ref is None:
                 self._discard_artifact(outcome)
-                return
+                return True
             if outcome.succeeded:
                 # The run changed the dataset: index it even if the task was cancelled after
                 # the tool committed, so the dataset and the index agree.
@@ -375,7 +383,7 @@ class Supervisor:
                 self._discard_artifact(outcome)
                 if outcome.fault:
                     _log_outcome(outcome, task.tool_id if task is not None else "?")
-                return
+                return True
             tool_id = task.tool_id
             if outcome.succeeded:
                 if outcome.artifact is not None:
@@ -394,6 +402,7 @@ class Supervisor:
             else:
                 self._finish_row(s, task, "Failed", error=outcome.error or "failed")
         _log_outcome(outcome, tool_id)
+        return outcome.cancelled
 
     def _index_added(self, ref: Any, rel_paths: list[str]) -> list[str]:
         """Index the files a run added, check each one is in the index (a second try for
