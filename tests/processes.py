@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -105,6 +106,16 @@ class DaskProcesses:
     address: str
     procs: list[subprocess.Popen[bytes]]
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def kill_scheduler(self) -> None:
+        """SIGKILL the scheduler (the first process); the workers are left to themselves."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[0].pid, signal.SIGKILL)
+        self.procs[0].wait(timeout=30)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             try:
@@ -118,8 +129,9 @@ class DaskProcesses:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_dask(log_dir: Path, n_workers: int = 2) -> DaskProcesses:
-    port = free_port()
+def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) -> DaskProcesses:
+    """A scheduler (on ``port``, or a free one) and ``n_workers`` workers, all connected."""
+    port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs: list[subprocess.Popen[bytes]] = []

@@ -177,19 +177,26 @@ class Supervisor:
             await anyio.to_thread.run_sync(self._retry_or_fail, task.id, "the service restarted")
 
     def _retry_or_fail(self, task_id: str, reason: str) -> None:
-        """Start the next attempt of an interrupted task, or fail it when out of attempts."""
+        """Start the next attempt of an interrupted task, or fail it when out of attempts.
+
+        An attempt that had started (the task is Processing) is used up; one that never
+        started (still queued when the service or the scheduler went away) is handed over
+        again under the same number."""
         max_attempts = self.settings.max_task_attempts
         with self.db.write() as s:
             task = q.get_task(s, task_id, for_update=True)
             if task is None or not task.active:
                 return
-            attempt = task.attempts + 1
+            ran = task.state == "Processing"
+            attempt = task.attempts + 1 if ran else max(1, task.attempts)
             if attempt > max_attempts:
                 self._finish_row(s, task, "Failed",
                                  error=f"gave up after {task.attempts} attempts: {reason}")
                 self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
                 return
-            self._append_lines(s, task, [log_line(f"{reason}; starting attempt {attempt} of {max_attempts}")])
+            self._append_lines(s, task, [log_line(
+                f"{reason}; starting attempt {attempt} of {max_attempts}" if ran
+                else f"{reason}; attempt {attempt} queued again")])
             task.attempts = attempt
             task.state = "Enqueued"
             job = self._job(s, task, attempt)
