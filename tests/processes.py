@@ -34,6 +34,10 @@ class ServiceProcess:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
+    def health(self) -> dict[str, Any]:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            return client.get("/sys/health").json()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -54,8 +58,10 @@ class ServiceProcess:
             self.kill()
 
 
-def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: float = 120) -> ServiceProcess:
-    """Run ``procplat serve`` in its own process group and wait until it is healthy."""
+def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: float = 120,
+                  args: tuple[str, ...] = ()) -> ServiceProcess:
+    """Run ``procplat serve`` (with ``args``) in its own process group and wait until it is
+    healthy."""
     port = free_port()
     log_path = data.parent / f"{data.name}-service-{port}.log"
     full_env = {
@@ -69,7 +75,7 @@ def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: flo
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "procplat.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "info"],
+             "--port", str(port), "--log-level", "info", *args],
             env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     service = ServiceProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path)

@@ -37,6 +37,7 @@ from procplat.engine.job import (
     Job,
     Outcome,
     cancel_event_name,
+    job_key,
     task_span,
 )
 from procplat.engine.worker import run_job
@@ -220,35 +221,52 @@ class Engine:
         # A span per task: the dashboard groups the task and every chunk its tool fans out
         # (sub-tasks inherit it) under ("procplat", tool, task id).
         with span(*task_span(job)):
-            future = self.client.submit(run_job, job, key=job.task_id, pure=False)
+            future = self.client.submit(run_job, job, key=job_key(job.task_id, job.attempt),
+                                        pure=False)
         if self._address:
             # On a shared scheduler the work outlives a restart of the service, which then
             # re-attaches to it (see Supervisor.recover).
             fire_and_forget(future)
         self._track(future, job)
 
-    async def scheduler_states(self, keys: Iterable[str]) -> dict[str, str]:
-        """The scheduler's state for each of ``keys`` it still knows."""
+    async def scheduler_states(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """The scheduler's state of each job's attempt it still knows, by task id."""
         assert self.client is not None
-        keys = list(keys)
-        if not keys:
+        by_key = {job_key(job.task_id, job.attempt): job.task_id for job in jobs}
+        if not by_key:
             return {}
         try:
-            return await self.client.run_on_scheduler(_key_states, keys=keys)
+            states = await self.client.run_on_scheduler(_key_states, keys=list(by_key))
         except Exception as exc:  # scheduler forbids run_on_scheduler: treat all as unknown
             log.warning("could not ask the scheduler for running tasks: %s", exc)
             return {}
+        return {by_key[key]: state for key, state in states.items()}
 
     def attach(self, job: Job) -> None:
-        """Follow a future the scheduler still has from before a restart of the service."""
+        """Follow an attempt the scheduler still runs for a service that is gone (the same
+        process before a restart, or the supervisor this one took over from)."""
         assert self.client is not None
-        future = Future(job.task_id, client=self.client)
+        key = job_key(job.task_id, job.attempt)
+        future = Future(key, client=self.client)
         # Tell the scheduler this client wants the key, so it reports the key's outcome to us
         # (what Client._inform_scheduler_of_futures does on reconnect).
         self.client._send_to_scheduler(
-            {"op": "client-desires-keys", "keys": [job.task_id], "client": self.client.id}
+            {"op": "client-desires-keys", "keys": [key], "client": self.client.id}
         )
         self._track(future, job)
+
+    async def past_events(self) -> list[dict[str, Any]]:
+        """The workers' events the scheduler still keeps, oldest first (for a supervisor
+        taking over: what arrived while no one listened)."""
+        assert self.client is not None
+        events = await self.client.get_events(EVENT_TOPIC)
+        return [msg for _ts, msg in events if isinstance(msg, dict) and "t" in msg]
+
+    def forget_all(self) -> None:
+        """Stop following every attempt, leaving the work on the cluster (another
+        supervisor follows it now)."""
+        self._futures.clear()
+        self._waiting.clear()
 
     def _track(self, future: Future, job: Job) -> None:
         self._futures[job.task_id] = (future, job)
@@ -284,7 +302,7 @@ class Engine:
         except Exception as exc:  # KilledWorker and friends: run_job itself never raises
             return Outcome(**base, succeeded=False, error=f"{type(exc).__name__}: {exc}",
                            fault=True)
-        return _outcome_from(value, **base)
+        return outcome_from(value, **base)
 
     # cancelling -----------------------------------------------------------------------------
     async def request_cancel(self, task_id: str, *, started: bool) -> None:
@@ -329,7 +347,7 @@ def _dashboard_link_of(client: Client) -> str | None:
         return None
 
 
-def _outcome_from(value: dict[str, Any], *, task_id: str, attempt: int) -> Outcome:
+def outcome_from(value: dict[str, Any], *, task_id: str, attempt: int) -> Outcome:
     """The :class:`Outcome` of what :func:`run_job` returned."""
     ending = value.get("ending")
     lines = int(value.get("logLinesSent", 0))
