@@ -29,6 +29,15 @@ class Fleet:
     replicas: list[ServiceProcess]
 
 
+    env: dict[str, str]
+    data: Path
+
+    def add(self, *args: str) -> ServiceProcess:
+        replica = start_service(self.data, env=self.env, args=args)
+        self.replicas.append(replica)
+        return replica
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     """A scheduler, two workers and two replicas (the first one supervises) on the index
@@ -38,13 +47,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     env = {"PROCPLAT_DASK_ADDRESS": dask.address,
            "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4",
            **({"PROCPLAT_DATABASE_URL": url} if url else {})}
-    replicas: list[ServiceProcess] = []
+    fleet = Fleet(dask=dask, replicas=[], env=env, data=tmp_path / "data")
     try:
-        replicas.append(start_service(tmp_path / "data", env=env))
-        replicas.append(start_service(tmp_path / "data", env=env))
-        yield Fleet(dask=dask, replicas=replicas)
+        fleet.add()
+        fleet.add()
+        yield fleet
     finally:
-        for replica in replicas:
+        for replica in fleet.replicas:
             replica.kill()
         dask.stop()
 
@@ -84,6 +93,21 @@ def test_every_replica_answers_for_every_task_and_one_supervises(fleet: Fleet) -
         assert time.monotonic() < deadline, user.get(f"{tasks}/{long_id}/log").json()
         time.sleep(0.1)
     assert user.get(f"{tasks}/{long_id}").json()["artifact"] is None
+    # an api-only replica takes submissions and never supervises; a supervisor-only one
+    # answers its health only
+    api_only = fleet.add("--role", "api")
+    health = api_only.health()
+    assert (health["role"], health["dask"], health["supervisor"]["process"]) == (
+        "api", None, health_a["process"])
+    on_api = _on(api_only, user)
+    body = {"toolId": "bulk-download", "params": {"paths": ["small.txt"]}, "force": True}
+    from_api = on_api.post(tasks, json=body).json()["taskId"]
+    assert wait_state(on_api, f"{tasks}/{from_api}", ("Succeeded", "Failed"), timeout=30)[
+        "state"] == "Succeeded"
+    supervisor_only = fleet.add("--role", "supervisor")
+    health = supervisor_only.health()
+    assert (health["role"], health["supervisor"]["isThisProcess"]) == ("supervisor", False)
+    assert _on(supervisor_only, user).get(tasks).status_code == 404
 
 
 def test_supervisor_killed_mid_task_another_replica_takes_over(fleet: Fleet) -> None:

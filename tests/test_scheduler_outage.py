@@ -17,7 +17,7 @@ from tests.processes import DaskProcesses, ServiceProcess, start_dask, start_ser
 from tests.test_restart import _setup
 from tests.test_tasks_api import big_text
 
-BIG = 150_000_000  # ~5 s of deflate: long enough to be killed mid-run
+BIG = 100_000_000  # ~3 s of deflate: long enough to be killed mid-run
 FAST_READ_SECONDS = 1.0
 
 
@@ -101,32 +101,42 @@ def test_new_scheduler_soon_after_a_dead_one_gets_progress_and_log(tmp_path: Pat
 
 
 def test_scheduler_outage_longer_than_the_client_timeout_is_survived(tmp_path: Path) -> None:
+    """With two replicas: the supervisor's client gives up after 30 s; the service does not."""
     dask, service, user, tasks, task_id = _start_running_task(tmp_path, {})
     new_dask = None
+    other = None
     try:
+        other = start_service(tmp_path / "data", env={
+            "PROCPLAT_DASK_ADDRESS": dask.address,
+            "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4"})
+        on_other = httpx.Client(base_url=other.url, headers=user.headers, timeout=60)
         dask.kill_scheduler()
         dask.stop()
-        _wait_health(service, 503, timeout=10)
-        _check_reads_answer_fast(user, tasks, task_id)
-        submitted = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]},
-                                           "force": True})
+        for replica, client in ((service, user), (other, on_other)):
+            _wait_health(replica, 503, timeout=10)
+            _check_reads_answer_fast(client, tasks, task_id)
+        submitted = on_other.post(tasks, json={"toolId": "bulk-download",
+                                               "params": {"paths": ["big"]}, "force": True})
         assert submitted.status_code in (202, 503), submitted.text
         time.sleep(33)  # past the Dask client's own 30 s of reconnecting
         _check_reads_answer_fast(user, tasks, task_id)
         assert user.get("/sys/health").status_code == 503
         new_dask = start_dask(tmp_path, port=dask.port)
         _wait_health(service, 200, timeout=30)
+        _wait_health(other, 200, timeout=30)
         status = _assert_rerun_reported(user, tasks, task_id)
         assert status["attempts"] == 2, status
         if submitted.status_code == 202:
-            _assert_rerun_reported(user, tasks, submitted.json()["taskId"])
+            _assert_rerun_reported(on_other, tasks, submitted.json()["taskId"])
         after = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]},
                                        "force": True})
         assert after.status_code == 202, after.text
         _assert_rerun_reported(user, tasks, after.json()["taskId"])
-        assert "ClosedClientError" not in service.log_text()
+        assert "ClosedClientError" not in service.log_text() + other.log_text()
     finally:
         service.kill()
+        if other is not None:
+            other.kill()
         dask.stop()
         if new_dask is not None:
             new_dask.stop()

@@ -1,7 +1,7 @@
 """The only code that talks to Dask from the service side.
 
 One asynchronous ``distributed.Client`` lives in the service's event loop. Each task
-attempt is one future keyed by the task id (so the dashboard shows it under that name);
+attempt is one future keyed ``<task id>-<attempt>`` (:func:`~procplat.engine.job.job_key`);
 its done callback hops from Dask's callback thread to the loop and reports an
 :class:`Outcome` to the listener. The job returns how it ended (succeeded, cancelled, failed
 with a tool's message, or an unexpected error with its traceback; see
