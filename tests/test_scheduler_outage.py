@@ -42,17 +42,19 @@ def _wait_health(service: ServiceProcess, code: int, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def _start_running_task(tmp_path: Path, env: dict[str, str]) -> tuple[
-        DaskProcesses, ServiceProcess, httpx.Client, str, str]:
+def _start_running_task(tmp_path: Path, replicas: int = 1) -> tuple[
+        DaskProcesses, list[ServiceProcess], httpx.Client, str, str]:
+    """A scheduler, two workers, ``replicas`` services (the first supervises) and a task
+    running on them."""
     dask = start_dask(tmp_path)
-    service = start_service(tmp_path / "data", env={
-        "PROCPLAT_DASK_ADDRESS": dask.address, "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4",
-        **env})
-    user, tasks = _setup(service.client())
+    env = {"PROCPLAT_DASK_ADDRESS": dask.address,
+           "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4"}
+    services = [start_service(tmp_path / "data", env=env) for _ in range(replicas)]
+    user, tasks = _setup(services[0].client())
     user.put("/orgs/acme/ds/survey/files/big/text.txt", content=big_text(BIG, seed=3))
     task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
     wait_state(user, f"{tasks}/{task_id}", ("Processing",))
-    return dask, service, user, tasks, task_id
+    return dask, services, user, tasks, task_id
 
 
 def _assert_rerun_reported(user: httpx.Client, tasks: str, task_id: str) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def _assert_rerun_reported(user: httpx.Client, tasks: str, task_id: str) -> dict
 
 
 def test_new_scheduler_soon_after_a_dead_one_gets_progress_and_log(tmp_path: Path) -> None:
-    dask, service, user, tasks, task_id = _start_running_task(tmp_path, {})
+    dask, (service,), user, tasks, task_id = _start_running_task(tmp_path)
     new_dask = None
     try:
         seen_progress = user.get(f"{tasks}/{task_id}").json()["progress"]["percent"]
@@ -102,13 +104,9 @@ def test_new_scheduler_soon_after_a_dead_one_gets_progress_and_log(tmp_path: Pat
 
 def test_scheduler_outage_longer_than_the_client_timeout_is_survived(tmp_path: Path) -> None:
     """With two replicas: the supervisor's client gives up after 30 s; the service does not."""
-    dask, service, user, tasks, task_id = _start_running_task(tmp_path, {})
+    dask, (service, other), user, tasks, task_id = _start_running_task(tmp_path, replicas=2)
     new_dask = None
-    other = None
     try:
-        other = start_service(tmp_path / "data", env={
-            "PROCPLAT_DASK_ADDRESS": dask.address,
-            "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4"})
         on_other = httpx.Client(base_url=other.url, headers=user.headers, timeout=60)
         dask.kill_scheduler()
         dask.stop()
@@ -135,8 +133,7 @@ def test_scheduler_outage_longer_than_the_client_timeout_is_survived(tmp_path: P
         assert "ClosedClientError" not in service.log_text() + other.log_text()
     finally:
         service.kill()
-        if other is not None:
-            other.kill()
+        other.kill()
         dask.stop()
         if new_dask is not None:
             new_dask.stop()
