@@ -122,6 +122,7 @@ def test_supervisor_killed_mid_task_another_replica_takes_over(fleet: Fleet) -> 
     while not b.health()["supervisor"]["isThisProcess"]:
         assert time.monotonic() - killed < TAKEOVER_SECONDS, b.health()
         time.sleep(0.2)
+    print(f"takeover {time.monotonic() - killed:.1f} s after the SIGKILL")  # shown with -s
     status = wait_state(user, f"{tasks}/{task_id}", ("Succeeded", "Failed", "Deleted"), timeout=60)
     assert status["state"] == "Succeeded", status
     assert status["progress"]["percent"] == 100, status

@@ -477,7 +477,7 @@ class Supervisor:
         if outcome.lost or outcome.entries_added or outcome.entries_removed \
                 or outcome.entries_updated:
             await self.flush(only=task_id)
-            self._forget(task_id)
+            self._stop_following(task_id)
             if outcome.lost:
                 await anyio.to_thread.run_sync(self._retry_or_fail, task_id, outcome.error or "lost")
             else:
@@ -487,12 +487,17 @@ class Supervisor:
             # index in one transaction (under the flush lock, so they stay in order).
             async with self._flush_lock:
                 pending = self._pending.pop(task_id, None)
-                self._forget(task_id)
+                self._stop_following(task_id)
                 await anyio.to_thread.run_sync(self._record_outcome, outcome, pending)
+        if self._attempts.get(task_id) == 0:  # concluded (not queued again): release it
+            del self._attempts[task_id]
         await self.engine.forget_cancel_event(task_id)
 
-    def _forget(self, task_id: str) -> None:
-        for state in (self._attempts, self._received, self._last_line):
+    def _stop_following(self, task_id: str) -> None:
+        """Take no more events of the attempt, but keep the task claimed until its outcome
+        is in the index (else the index poll could see it still Created and start it again)."""
+        self._attempts[task_id] = 0
+        for state in (self._received, self._last_line):
             state.pop(task_id, None)
         self._cancel_sent.discard(task_id)
 

@@ -310,8 +310,14 @@ class Engine:
         if self._waiting.pop(task_id, None) is not None or not self.connected:
             return  # never handed over, or lost with the scheduler: nothing runs
         assert self.client is not None
-        await asyncio.wait_for(
-            Event(cancel_event_name(task_id), client=self.client).set(), CANCEL_EVENT_TIMEOUT)
+        try:
+            await asyncio.wait_for(
+                Event(cancel_event_name(task_id), client=self.client).set(), CANCEL_EVENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            # the scheduler went away meanwhile: the attempt is lost with it, and the index
+            # (the task is Deleted) keeps it from being queued again
+            log.warning("could not ask task %s to stop: %s", task_id, exc)
+            return
         tracked = self._futures.get(task_id)
         if tracked is not None and not started:
             await self.client.cancel([tracked[0]], force=True)
