@@ -135,3 +135,31 @@ def test_supervisor_killed_mid_task_another_replica_takes_over(fleet: Fleet) -> 
     result = user.get(f"{tasks}/{task_id}/result")
     assert hashlib.sha256(result.content).hexdigest() == status["artifact"]["sha256"]
     assert user.get(tasks, params={"state": "Processing"}).json() == []
+
+
+def test_task_that_ended_while_no_supervisor_ran_is_concluded_not_rerun(fleet: Fleet) -> None:
+    """Only an api replica is left while the task ends; the next supervisor finds its end and
+    its log lines in the scheduler's event log."""
+    a, b = fleet.replicas
+    b.kill()
+    user, tasks = _setup(a.client())
+    api_only = fleet.add("--role", "api")
+    on_api = _on(api_only, user)
+    user.put("/orgs/acme/ds/survey/files/big/text.txt", content=big_text(BIG // 3, seed=7))
+    task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
+    wait_state(user, f"{tasks}/{task_id}", ("Processing",), timeout=30)
+    a.kill()
+    time.sleep(6)  # the run ends meanwhile; nobody writes it to the index
+    assert on_api.get(f"{tasks}/{task_id}").json()["state"] == "Processing"
+    assert api_only.health()["supervisor"]["process"] is None
+    successor = fleet.add()
+    status = wait_state(on_api, f"{tasks}/{task_id}", ("Succeeded", "Failed", "Deleted"), timeout=30)
+    assert status["state"] == "Succeeded", status
+    assert (status["attempts"], status["progress"]["percent"]) == (1, 100), status
+    assert "ended while no supervisor listened" in successor.log_text()
+    lines = on_api.get(f"{tasks}/{task_id}/log").json()["lines"]
+    assert sum("Archiving 1 files" in line for line in lines) == 1, lines
+    assert any("Archive complete" in line for line in lines), lines
+    assert len(lines) == len(set(lines)), lines
+    result = on_api.get(f"{tasks}/{task_id}/result")
+    assert hashlib.sha256(result.content).hexdigest() == status["artifact"]["sha256"]
