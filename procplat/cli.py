@@ -1,7 +1,7 @@
 """The ``procplat`` command: ``procplat serve`` runs the service; the other commands are a
 client of a running service, built on :mod:`procplat.client`.
 
-    procplat serve [--no-migrate]                    run the HTTP service
+    procplat serve [--no-migrate] [--role R]         run the HTTP service
     procplat db upgrade|current                      the index schema's migrations
     procplat upload LOCAL [PATH] --ds org/ds          upload a file (streamed)
     procplat submit TOOL --ds org/ds --param k=v ... [--wait] [--download DEST]
@@ -79,7 +79,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from procplat.api.app import create_app
 
-    app = create_app(settings, migrate=False)  # upgraded above; the app checks it is current
+    # upgraded above; the app checks it is current
+    app = create_app(settings, migrate=False, role=args.role)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
@@ -440,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-migrate", action="store_true",
         help="do not upgrade the index schema on start; refuse to start when it is behind "
         "(run procplat db upgrade first)",
+    )
+    p.add_argument(
+        "--role", default="all", choices=["all", "api", "supervisor"],
+        help="all (default): serve the API and supervise when this process holds the "
+        "supervisor lease; api: serve the API only; supervisor: supervise (when it holds the "
+        "lease) and answer /sys/health only",
     )
     p.set_defaults(run=serve)
     add_db_commands(commands)

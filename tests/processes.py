@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -37,6 +38,10 @@ class ServiceProcess:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
+    def health(self) -> dict[str, Any]:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            return client.get("/sys/health").json()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -57,8 +62,10 @@ class ServiceProcess:
             self.kill()
 
 
-def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: float = 120) -> ServiceProcess:
-    """Run ``procplat serve`` in its own process group and wait until it is healthy."""
+def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: float = 120,
+                  args: tuple[str, ...] = ()) -> ServiceProcess:
+    """Run ``procplat serve`` (with ``args``) in its own process group and wait until it is
+    healthy."""
     port = free_port()
     log_path = data.parent / f"{data.name}-service-{port}.log"
     full_env = {
@@ -72,7 +79,7 @@ def start_service(data: Path, *, env: dict[str, str] | None = None, timeout: flo
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "procplat.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "info"],
+             "--port", str(port), "--log-level", "info", *args],
             env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     service = ServiceProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path)
@@ -121,6 +128,16 @@ class DaskProcesses:
         os.killpg(group, signal.SIGKILL)
         worker.wait(timeout=30)
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def kill_scheduler(self) -> None:
+        """SIGKILL the scheduler (the first process); the workers are left to themselves."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[0].pid, signal.SIGKILL)
+        self.procs[0].wait(timeout=30)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             try:
@@ -134,8 +151,9 @@ class DaskProcesses:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_dask(log_dir: Path, n_workers: int = 2) -> DaskProcesses:
-    port = free_port()
+def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) -> DaskProcesses:
+    """A scheduler (on ``port``, or a free one) and ``n_workers`` workers, all connected."""
+    port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs: list[subprocess.Popen[bytes]] = []

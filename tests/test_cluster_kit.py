@@ -46,7 +46,7 @@ KUBERNETES = CLUSTER / "kubernetes"
 CRD = Path(__file__).parent / "data" / "daskcluster-crd.yaml"
 BIN = Path(sys.executable).parent  # hadolint and shellcheck come with the test extra
 
-# One replica: several on one index need the supervisor lease (cluster/README.md, "Replicas").
+# One replica keeps this light; tests/test_fleet.py runs several on one index.
 REPLICAS = 1
 WORKERS = 2
 

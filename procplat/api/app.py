@@ -23,9 +23,13 @@ from procplat.settings import Settings, load_settings
 log = logging.getLogger("procplat")
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, migrate: bool = True, role: str = "all"
+) -> Starlette:
     """The app; on start it upgrades the index schema, or with ``migrate=False`` refuses to
-    start unless the schema is current (``procplat serve --no-migrate``)."""
+    start unless the schema is current (``procplat serve --no-migrate``). ``role`` is what
+    this process does in a fleet (:data:`procplat.core.supervisor.ROLES`): the ``supervisor``
+    role answers ``/sys/health`` only."""
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -36,7 +40,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Sta
         ensure_admin(db, settings.admin_token)
         registry = Registry()
         datasets = Datasets(db, settings.datasets_dir)
-        supervisor = Supervisor(settings=settings, db=db, registry=registry, datasets=datasets)
+        supervisor = Supervisor(settings=settings, db=db, registry=registry, datasets=datasets,
+                                role=role)
         await supervisor.start()
         app.state.settings = settings
         app.state.db = db
@@ -53,8 +58,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Sta
             await supervisor.close()
             db.dispose()
 
+    routes = [*platform_routes.ROUTES, *task_routes.ROUTES, *system_routes.ROUTES]
+    if role == "supervisor":
+        routes = [system_routes.HEALTH]
     return Starlette(
-        routes=[*platform_routes.ROUTES, *task_routes.ROUTES, *system_routes.ROUTES],
+        routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[Middleware(RejectNulInUrl)],
         lifespan=lifespan,

@@ -12,20 +12,33 @@ from procplat.api.openapi import openapi_document
 
 
 async def health(request: Request) -> Response:
+    """Whether the index and the scheduler answer, and which process supervises. A replica
+    with the ``api`` role has no Dask client: its ``dask`` is null and does not count."""
     state = request.app.state
+    supervisor = state.supervisor
     try:
         await run_in_threadpool(state.db.ping)
         index_ok = True
     except Exception:
         index_ok = False
-    dask_ok = await state.supervisor.engine.ping()
+    dask_ok = await supervisor.engine.ping() if supervisor.uses_dask else None
+    holder = None
+    if index_ok:
+        try:
+            holder = await supervisor.holder()
+        except Exception:  # the index went away between the two questions
+            index_ok = False
+    ok = index_ok and dask_ok is not False
     body = {
-        "status": "ok" if index_ok and dask_ok else "unavailable",
+        "status": "ok" if ok else "unavailable",
         "index": index_ok,
         "dask": dask_ok,
-        "dashboardLink": state.supervisor.dashboard_link,
+        "dashboardLink": supervisor.dashboard_link,
+        "role": supervisor.role,
+        "process": supervisor.name,
+        "supervisor": {"process": holder, "isThisProcess": supervisor.leading},
     }
-    return json_response(body, 200 if index_ok and dask_ok else 503)
+    return json_response(body, 200 if ok else 503)
 
 
 def features(request: Request) -> Response:
@@ -43,8 +56,9 @@ def openapi(request: Request) -> Response:
     return json_response(openapi_document(request.app.state.tasks.registry))
 
 
+HEALTH = Route("/sys/health", health, methods=["GET"])
 ROUTES = [
-    Route("/sys/health", health, methods=["GET"]),
+    HEALTH,
     Route("/sys/features", features, methods=["GET"]),
     Route("/sys/tasks", admin_tasks, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),

@@ -1,6 +1,16 @@
 """Tasks from the cluster's side: the state machine driven by engine callbacks, progress and
 log lines written to the index in batches, re-queue / re-attach after a restart, and the
 sweeper that expires artifacts and old tasks.
+
+Of all the processes on one index exactly one supervises: the holder of the supervisor lease
+(:mod:`procplat.index.lease`). Every process with the ``all`` or ``supervisor`` role keeps a
+Dask client and tries to take the lease every :data:`LEASE_INTERVAL`; the holder hands new
+tasks to the cluster (its own at once, other replicas' from the index), turns worker events
+and outcomes into index writes, stops tasks cancelled in the index, recovers and sweeps. A
+process that takes over re-attaches the attempts the cluster still runs and replays what the
+scheduler's event log holds that its predecessor had not written (log lines carry their
+number; the index counts the ones it has), and concludes an attempt that ended meanwhile from
+its ``end`` event. Replicas with the ``api`` role only read and write the index.
 """
 
 from __future__ import annotations
@@ -8,22 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 
 from procplat.core.datasets import Datasets
 from procplat.core.registry import Registry
-from procplat.engine.engine import Engine
+from procplat.engine.engine import Engine, outcome_from
 from procplat.engine.job import Job, Outcome
 from procplat.index import queries as q
 from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
+from procplat.index.lease import lease_for
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
 from tools.safepath import SERVICE_FOLDER
@@ -45,6 +60,10 @@ INDEX_RETRY_FIRST_DELAY = 0.5  # back-off while the index is unavailable: doubli
 INDEX_RETRY_MAX_DELAY = 10.0   # this, for as long as it takes
 TRAILING_EVENTS_WAIT = 2.0
 CANCEL_GRACE_SECONDS = 10.0
+LEASE_INTERVAL = 1.0  # how often a replica tries to take the lease, and the holder checks it
+POLL_INTERVAL = 0.25  # how often the supervisor looks for other replicas' submits and cancels
+RUNNING_STATES = ("processing", "waiting", "queued", "no-worker", "memory")
+ROLES = ("all", "api", "supervisor")
 
 
 @dataclass
@@ -82,44 +101,104 @@ def _log_outcome(outcome: Outcome, tool_id: str) -> None:
 
 class Supervisor:
     def __init__(
-        self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets
+        self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets,
+        role: str = "all",
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
         self.settings = settings
         self.db = db
         self.registry = registry
         self.datasets = datasets
+        self.role = role
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = lease_for(settings.sqlalchemy_url, self.name, fallback_dir=settings.data)
+        self.leading = False
         self.engine = Engine(
             self, address=settings.dask_address, dashboard_address=settings.dashboard_address
         )
         self._pending: dict[str, Pending] = {}
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[str, int] = {}  # the attempt followed per task (0: being claimed)
         self._received: dict[str, int] = {}
+        self._last_line: dict[str, dict[str, int]] = {}  # per task, per run: last line number
+        self._cancel_sent: set[str] = set()
+        self._taking_over = False
+        self._held: list[dict[str, Any]] = []  # live events while the past ones are replayed
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._duties: list[asyncio.Task[None]] = []
+        self._elector: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
     def dashboard_link(self) -> str | None:
         return self.engine.dashboard_link
 
+    @property
+    def uses_dask(self) -> bool:
+        return self.role != "api"
+
     # life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        if not self.uses_dask:
+            return
         await self.engine.start()
-        await self.recover()
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        if await anyio.to_thread.run_sync(self.lease.try_acquire):
+            await self._lead()  # the embedded default: supervising before the first request
+        self._elector = asyncio.create_task(self._elect_forever())
 
     async def close(self) -> None:
         self._closing = True  # a write waiting for the index gives up: recover() redoes it
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        try:
-            await self.flush()
-        except INDEX_UNAVAILABLE:
-            log.warning("stopping while the index is unavailable: the last progress and log "
-                        "lines are not written (the next start re-queues or re-attaches)")
+        for task in [self._elector, *self._duties]:
+            if task is not None:
+                task.cancel()
+        if self.leading:
+            try:
+                await self.flush()
+            except INDEX_UNAVAILABLE:
+                log.warning("stopping while the index is unavailable: the last progress and "
+                            "log lines are not written (the next start re-queues or re-attaches)")
         await self.engine.close()
+        await anyio.to_thread.run_sync(self.lease.release)
+
+    async def holder(self) -> str | None:
+        """The name of the supervising process (None: none holds the lease right now)."""
+        if self.leading:
+            return self.name
+        return await anyio.to_thread.run_sync(self.lease.holder)
+
+    async def _elect_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_INTERVAL)
+            try:
+                if not self.leading:
+                    if await anyio.to_thread.run_sync(self.lease.try_acquire):
+                        await self._lead()
+                elif not await anyio.to_thread.run_sync(self.lease.still_held):
+                    if not await anyio.to_thread.run_sync(self.lease.try_acquire):
+                        self._step_down()
+            except (SQLAlchemyError, OSError) as exc:  # the index is unreachable: next time
+                log.warning("supervisor lease: %s", exc)
+
+    async def _lead(self) -> None:
+        self.leading = True
+        log.info("this process (%s) is the supervisor", self.name)
+        await self.recover()
+        self._duties = [asyncio.create_task(self._sweep_forever()),
+                        asyncio.create_task(self._poll_forever())]
+
+    def _step_down(self) -> None:
+        """Another process holds the lease now: stop following tasks (it does)."""
+        log.warning("this process (%s) lost the supervisor lease", self.name)
+        self.leading = False
+        for task in self._duties:
+            task.cancel()
+        self._duties = []
+        self.engine.forget_all()
+        for state in (self._pending, self._attempts, self._received, self._last_line):
+            state.clear()
+        self._cancel_sent.clear()
 
     async def _write_when_available(self, write: Any, *args: Any) -> Any:
         """Run a blocking index write off the event loop, again and again with back-off for as
@@ -172,7 +251,11 @@ class Supervisor:
         self.engine.enqueue(job)
 
     async def start_task(self, task: Task, ref: Any = None) -> None:
-        """Hand a freshly created task to the cluster."""
+        """Hand a freshly created task to the cluster (when this process supervises; else
+        the supervisor finds it in the index)."""
+        if not self.leading or task.id in self._attempts:
+            return
+        self._attempts[task.id] = 0  # claimed: the index poll leaves it alone
         if self.registry.get(task.tool_id, task.version).spec.reads_index:
             # the job carries the dataset's entries: read them off the event loop
             job = await anyio.to_thread.run_sync(self._job_in_session, task, ref)
@@ -187,46 +270,134 @@ class Supervisor:
         self._pending.setdefault(task.id, Pending(attempt=1)).enqueued = True
         self._schedule_flush(START_FLUSH_DELAY)
 
+    async def _hand_over(self, task_id: str) -> None:
+        """Hand a task another replica created to the cluster."""
+        self._attempts[task_id] = 0  # claimed
+        job = await anyio.to_thread.run_sync(self._job_of, task_id)
+        if job is None:
+            self._attempts.pop(task_id, None)
+            return
+        self._enqueue(job)
+        self._pending.setdefault(task_id, Pending(attempt=job.attempt)).enqueued = True
+        self._schedule_flush(START_FLUSH_DELAY)
+
+    def _job_of(self, task_id: str) -> Job | None:
+        with self.db.read() as s:
+            task = q.get_task(s, task_id)
+            if task is None or not task.active or task.state != "Created":
+                return None
+            return self._job(s, task, max(1, task.attempts))
+
     async def recover(self) -> None:
-        """Re-attach active tasks the scheduler still runs; re-queue the others."""
+        """Re-attach active tasks the scheduler still runs, conclude those that ended while
+        no supervisor listened, replay the events the index missed, re-queue the others
+        (tasks still Created are handed over by the index poll)."""
+        self._taking_over = True
+        try:
+            await self._recover()
+        finally:
+            self._taking_over = False
+            held, self._held = self._held, []
+            for msg in held:
+                self.on_event(msg)
+
+    async def _recover(self) -> None:
         with self.db.read() as s:
             active = list(q.active_tasks(s))
             jobs = {t.id: self._job(s, t, max(1, t.attempts)) for t in active}
-        known = await self.engine.scheduler_states(jobs)
+        known = await self.engine.scheduler_states(jobs.values())
+        past = await self.engine.past_events()
+        ended = {(m["t"], m["a"]): m.get("v") for m in past if m.get("k") == "end"}
+        followed: dict[str, int] = {}
         for task in active:
             job = jobs[task.id]
-            if known.get(task.id) in ("processing", "waiting", "queued", "no-worker", "memory"):
+            if known.get(task.id) in RUNNING_STATES:
                 log.info("re-attaching task %s (%s)", task.id, known[task.id])
-                self._attempts[task.id] = job.attempt
-                self._received[task.id] = 0
                 self.engine.attach(job)
+            elif isinstance(ended.get((task.id, job.attempt)), dict):
+                log.info("task %s ended while no supervisor listened", task.id)
+            elif task.state == "Created":
                 continue
-            await anyio.to_thread.run_sync(self._retry_or_fail, task.id, "the service restarted")
+            else:
+                await anyio.to_thread.run_sync(self._retry_or_fail, task.id,
+                                               "the service restarted")
+                continue
+            self._attempts[task.id] = job.attempt
+            self._received[task.id] = task.worker_lines
+            followed[task.id] = task.worker_lines
+        self._replay(past, followed)
+        for task_id in followed:
+            value = ended.get((task_id, self._attempts[task_id]))
+            if isinstance(value, dict) and known.get(task_id) not in RUNNING_STATES:
+                self.on_outcome(outcome_from(value, task_id=task_id,
+                                             attempt=self._attempts[task_id]))
+
+    def _replay(self, past: list[dict[str, Any]], in_index: dict[str, int]) -> None:
+        """Apply the past events of the followed attempts, but the first ``in_index[task]``
+        log lines (the predecessor wrote those)."""
+        skip = dict(in_index)
+        for msg in past:
+            task_id = msg.get("t")
+            if task_id not in skip or msg.get("a") != self._attempts.get(task_id):
+                continue
+            if msg.get("k") == "log" and skip[task_id] > 0:
+                skip[task_id] -= 1
+                self._new_line(task_id, msg)
+                continue
+            self._on_event(msg)
 
     def _retry_or_fail(self, task_id: str, reason: str) -> None:
-        """Start the next attempt of an interrupted task, or fail it when out of attempts."""
+        """Start the next attempt of an interrupted task, or fail it when out of attempts.
+
+        An attempt that had started (the task is Processing) is used up; one that never
+        started (still queued when the service or the scheduler went away) is handed over
+        again under the same number."""
         max_attempts = self.settings.max_task_attempts
         with self.db.write() as s:
             task = q.get_task(s, task_id, for_update=True)
             if task is None or not task.active:
                 return
-            attempt = task.attempts + 1
+            ran = task.state == "Processing"
+            attempt = task.attempts + 1 if ran else max(1, task.attempts)
             if attempt > max_attempts:
                 self._finish_row(s, task, "Failed",
                                  error=f"gave up after {task.attempts} attempts: {reason}")
                 self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
                 return
-            self._append_lines(s, task, [log_line(f"{reason}; starting attempt {attempt} of {max_attempts}")])
+            self._append_lines(s, task, [log_line(
+                f"{reason}; starting attempt {attempt} of {max_attempts}" if ran
+                else f"{reason}; attempt {attempt} queued again")])
             task.attempts = attempt
             task.state = "Enqueued"
+            task.worker_lines = 0
             job = self._job(s, task, attempt)
         self._enqueue(job)
 
     # events from workers ----------------------------------------------------------------------
     def on_event(self, msg: dict[str, Any]) -> None:
+        if self._taking_over:
+            self._held.append(msg)
+            return
+        self._on_event(msg)
+
+    def _new_line(self, task_id: str, msg: dict[str, Any]) -> bool:
+        """Whether a log event is one not seen before (the number of a line in its run)."""
+        number = msg.get("n")
+        if not isinstance(number, int):
+            return True
+        runs = self._last_line.setdefault(task_id, {})
+        run = str(msg.get("r"))
+        if number <= runs.get(run, 0):
+            return False
+        runs[run] = number
+        return True
+
+    def _on_event(self, msg: dict[str, Any]) -> None:
         task_id = msg.get("t")
         if not isinstance(task_id, str) or self._attempts.get(task_id) != msg.get("a"):
             return
+        if msg.get("k") == "end" or (msg.get("k") == "log" and not self._new_line(task_id, msg)):
+            return  # the outcome comes from the future; a line seen in the replay already
         pending = self._pending.setdefault(task_id, Pending(attempt=msg["a"]))
         kind = msg.get("k")
         if kind == "start":
@@ -292,6 +463,7 @@ class Supervisor:
                 task.progress_percent = task.progress_percent
         if pending.lines:
             self._append_lines(s, task, pending.lines)
+            task.worker_lines = (task.worker_lines or 0) + len(pending.lines)
 
     def _append_lines(self, s: Any, task: Task, lines: list[str]) -> None:
         """Append to the task's log ring buffer, evicting the oldest lines past the limits."""
@@ -331,9 +503,9 @@ class Supervisor:
             await asyncio.sleep(0.01)
         if outcome.lost or outcome.entries_added or outcome.entries_removed \
                 or outcome.entries_updated:
+            cancel_asked = True
             await self.flush(only=task_id)
-            self._attempts.pop(task_id, None)
-            self._received.pop(task_id, None)
+            self._stop_following(task_id)
             if outcome.lost:
                 await self._write_when_available(self._retry_or_fail, task_id,
                                                  outcome.error or "lost")
@@ -344,16 +516,24 @@ class Supervisor:
             # index in one transaction (under the flush lock, so they stay in order).
             async with self._flush_lock:
                 pending = self._pending.pop(task_id, None)
-                self._attempts.pop(task_id, None)
-                self._received.pop(task_id, None)
+                self._stop_following(task_id)
                 cancel_asked = await self._write_when_available(
                     self._record_outcome, outcome, pending)
-            if not cancel_asked:
-                # The scheduler holds a task's cancel event only once a cancel has set it,
-                # and a cancel marks the task inactive first: nothing to forget (saves a
-                # scheduler round trip per task).
-                return
-        await self.engine.forget_cancel_event(task_id)
+        if self._attempts.get(task_id) == 0:  # concluded (not queued again): release it
+            del self._attempts[task_id]
+        if cancel_asked:
+            # The scheduler holds a task's cancel event only once a cancel has set it, and a
+            # cancel marks the task inactive first: a task never cancelled has nothing to
+            # forget (saves a scheduler round trip per task).
+            await self.engine.forget_cancel_event(task_id)
+
+    def _stop_following(self, task_id: str) -> None:
+        """Take no more events of the attempt, but keep the task claimed until its outcome
+        is in the index (else the index poll could see it still Created and start it again)."""
+        self._attempts[task_id] = 0
+        for state in (self._received, self._last_line):
+            state.pop(task_id, None)
+        self._cancel_sent.discard(task_id)
 
     def _record_outcome(self, outcome: Outcome, pending: Pending | None = None) -> bool:
         """Write the outcome; whether a cancel may have been asked (the task was no longer
@@ -455,8 +635,34 @@ class Supervisor:
             self._mark_deleted, task_id, by)
         if was_active:
             log.info("task %s (%s) cancelled by %s", task_id, tool_id, by)
-            await self.engine.request_cancel(task_id, started=started)
-            self._spawn(self._force_cancel_later(task_id))
+            if self.leading:  # else the supervisor sees it in the index (_poll_forever)
+                self._cancel_sent.add(task_id)
+                await self.engine.request_cancel(task_id, started=started)
+                self._spawn(self._force_cancel_later(task_id))
+
+    async def _poll_forever(self) -> None:
+        """Hand over the tasks other replicas created, stop those they cancelled."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            followed = [t for t, attempt in self._attempts.items()
+                        if attempt and t not in self._cancel_sent]
+            try:
+                created, gone = await anyio.to_thread.run_sync(self._poll_index, followed)
+            except SQLAlchemyError as exc:  # the index is unreachable: next time
+                log.warning("supervisor poll: %s", exc)
+                continue
+            for task_id in created:
+                if task_id not in self._attempts:
+                    await self._hand_over(task_id)
+            for task_id in gone:
+                if task_id in self._attempts and task_id not in self._cancel_sent:
+                    self._cancel_sent.add(task_id)
+                    await self.engine.request_cancel(task_id, started=True)
+                    self._spawn(self._force_cancel_later(task_id))
+
+    def _poll_index(self, followed: list[str]) -> tuple[list[str], list[str]]:
+        with self.db.read() as s:
+            return q.created_task_ids(s), q.inactive_among(s, followed)
 
     async def _force_cancel_later(self, task_id: str) -> None:
         await asyncio.sleep(CANCEL_GRACE_SECONDS)

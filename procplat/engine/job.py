@@ -10,6 +10,11 @@ from tools.contract import EntryUpdate, IndexedEntry
 EVENT_TOPIC = "procplat-task"
 
 
+def job_key(task_id: str, attempt: int) -> str:
+    """The Dask key of one attempt: a new attempt is new work, never a re-used key."""
+    return f"{task_id}-{attempt}"
+
+
 def cancel_event_name(task_id: str) -> str:
     return f"procplat-cancel-{task_id}"
 

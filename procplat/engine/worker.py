@@ -2,7 +2,8 @@
 
 :func:`run_job` imports the tool, gives it a :class:`DaskReporter` whose progress and log
 lines travel to the service as worker events (``Worker.log_event`` → the scheduler → the
-service's ``subscribe_topic`` handler), runs it inside a private work folder and moves
+service's ``subscribe_topic`` handler; each log line numbered within its run, and how the
+run ended as a last ``end`` event), runs it inside a private work folder and moves
 the artifact, with its size and sha256, into the artifact store. Whatever happens, the work
 folder is removed, so a failed or cancelled attempt leaves no partial output.
 
@@ -23,6 +24,7 @@ import shutil
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +58,23 @@ class DaskReporter:
         self._is_cancelled = False
         self._last_progress = 0.0
         self._phase: str | None = None
+        self._run = uuid.uuid4().hex[:12]  # this run of the attempt (Dask may run it again)
         self.lines_sent = 0
 
     def _send(self, kind: str, **fields: Any) -> None:
-        msg = {"t": self._job.task_id, "a": self._job.attempt, "k": kind, **fields}
+        """One event; a log line carries its number in the attempt (``n``, from 1)."""
+        msg = {"t": self._job.task_id, "a": self._job.attempt, "r": self._run, "k": kind,
+               **fields}
         self._worker.log_event(EVENT_TOPIC, msg)
 
     def started(self) -> None:
         self._send("start", w=self._worker.address)
+
+    def ended(self, value: dict[str, Any]) -> dict[str, Any]:
+        """Report how the run ended as an event too: the scheduler keeps it in its event log,
+        where a supervisor that takes over finds an attempt that ended while none listened."""
+        self._send("end", v=value)
+        return value
 
     def progress(self, fraction: float | None, phase: str | None = None) -> None:
         now = time.monotonic()
@@ -81,7 +92,8 @@ class DaskReporter:
         line = f"[{time.strftime('%H:%M:%S', time.gmtime())}] {message}"
         with self._lock:
             self.lines_sent += 1
-        self._send("log", m=line)
+            number = self.lines_sent
+        self._send("log", m=line, n=number)
 
     def cancelled(self) -> bool:
         if self._is_cancelled:
@@ -121,18 +133,18 @@ def run_job(job: Job) -> dict[str, Any]:
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
         reporter.check_cancelled()
-        return _succeeded(job, _run_tool(job, work_dir, reporter), reporter)
+        return reporter.ended(_succeeded(job, _run_tool(job, work_dir, reporter), reporter))
     except Cancelled:
         reporter.log("Cancelled")
-        return _ended("cancelled", reporter, error="cancelled")
+        return reporter.ended(_ended("cancelled", reporter, error="cancelled"))
     except ToolError as exc:
-        return _failed(exc, reporter)
+        return reporter.ended(_failed(exc, reporter))
     except Exception as exc:
         if is_disk_full(exc):  # in any tool, or while storing the artifact: the user's to act on
-            return _failed(DiskFull(), reporter)
+            return reporter.ended(_failed(DiskFull(), reporter))
         reporter.log(f"Error: {type(exc).__name__}: {exc}")
-        return _ended("error", reporter, error=f"{type(exc).__name__}: {exc}",
-                      traceback="".join(traceback.format_exception(exc)))
+        return reporter.ended(_ended("error", reporter, error=f"{type(exc).__name__}: {exc}",
+                                     traceback="".join(traceback.format_exception(exc))))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -121,6 +121,9 @@ class Task(Base):
     log_cursor: Mapped[int] = mapped_column(Integer, default=0)
     log_evicted: Mapped[int] = mapped_column(Integer, default=0)
     log_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # log lines of the current attempt's worker already in the index (the events carry their
+    # number, so a supervisor that takes over appends only the ones its predecessor missed)
+    worker_lines: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)

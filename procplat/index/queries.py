@@ -401,3 +401,17 @@ def replace_tokens(s: Session, user_id: int, token_hash: str, now: datetime) -> 
     """Revoke every token of the user and give it this one."""
     s.execute(delete(Token).where(Token.user_id == user_id))
     s.add(Token(token_hash=token_hash, user_id=user_id, created_at=now))
+
+
+def created_task_ids(s: Session) -> list[str]:
+    """Active tasks no supervisor has handed to the cluster yet, oldest first."""
+    return list(s.scalars(select(Task.id).where(Task.active, Task.state == "Created")
+                          .order_by(Task.created_at)))
+
+
+def inactive_among(s: Session, task_ids: Sequence[str]) -> list[str]:
+    """Those of ``task_ids`` that are no longer active (cancelled, cleared, finished)."""
+    if not task_ids:
+        return []
+    still = set(s.scalars(select(Task.id).where(Task.id.in_(task_ids), Task.active)))
+    return [task_id for task_id in task_ids if task_id not in still]
