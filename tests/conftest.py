@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,19 @@ def start_server(settings: Settings) -> LiveServer:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     return LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, server=server, thread=thread)
+
+
+@contextmanager
+def small_filesystem(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (tmpfs, e.g. ``"16m"``) at ``mount_point``, to fill up;
+    unmounted at the end (lazily: a server being stopped may still hold a file)."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                   check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
 
 
 def settings_for(data: Path, dask_address: str | None, **overrides: Any) -> Settings:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from tests.conftest import small_filesystem
 from tests.processes import (
     PostgresServer,
     ScaledDeployment,
@@ -237,13 +237,8 @@ def _noise_raster(path: Path, size: int) -> Path:
 @pytest.fixture
 def small_data_disk(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB file system (tmpfs) as the shared data folder."""
-    data = tmp_path / "data"
-    data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data)], check=True)
-    try:
+    with small_filesystem(tmp_path / "data", "48m") as data:
         yield data
-    finally:
-        subprocess.run(["umount", "--lazy", str(data)], check=False)
 
 
 def test_data_disk_full_during_an_export_fails_cleanly_and_the_service_recovers(

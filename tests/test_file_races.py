@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from tests.conftest import (
     fresh_database_url,
     new_world,
     settings_for,
+    small_filesystem,
     start_server,
 )
 from tests.processes import ServiceProcess, start_service
@@ -233,13 +233,8 @@ def test_two_api_processes_racing_on_one_path_keep_entry_and_disk_in_step(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB file system (tmpfs), unmounted at the end."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], check=True)
-    try:
+    with small_filesystem(tmp_path / "small-disk", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 @pytest.mark.parametrize("database", DATABASES)

@@ -332,10 +332,26 @@ def test_sweeper_removes_staging_folders_of_tasks_that_are_no_longer_active(
     (leftover / "sub" / "half.tif").write_bytes(b"half")
     unknown = tmp / "upload-0123456789abcdef0123456789abcdef"
     unknown.write_bytes(b"an upload in flight")
-    server.app_state.supervisor.sweep()
+    # What a killed process left: an upload folder quiet for longer than any live upload is,
+    # and a delete's trash long after its commit; a fresh trash is a delete in progress.
+    dead_upload = tmp / f"upload-{'a' * 32}"
+    dead_upload.mkdir()
+    (dead_upload / "ortho.tif").write_bytes(b"half an upload")
+    old_trash = tmp / f"trash-{'b' * 32}"
+    (old_trash / "folder").mkdir(parents=True)
+    fresh_trash = tmp / f"trash-{'c' * 32}"
+    fresh_trash.write_bytes(b"being removed")
+    long_ago = time.time() - 7 * 3600
+    for item in (dead_upload / "ortho.tif", dead_upload, old_trash):
+        os.utime(item, (long_ago, long_ago))
+    swept = server.app_state.supervisor.sweep()
     assert not leftover.exists()
     assert unknown.exists()
+    assert not dead_upload.exists() and not old_trash.exists()
+    assert fresh_trash.exists()
+    assert swept["leftovers"] == 2
     unknown.unlink()
+    fresh_trash.unlink()
 
 
 def test_a_finished_write_tool_runs_again_when_resubmitted(world: World) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from procplat.core.placement import (
     StagedUpload,
     disk_full_is_507,
     measure,
+    move_to_trash,
     open_version,
     remove_trash,
     stage_upload,
@@ -379,16 +379,11 @@ class Datasets:
         """Delete a file or folder: under the path lock it is moved into ``.ddb/tmp`` and
         unindexed in one transaction; what was moved aside is removed after the commit."""
         rel = user_path(path)
-        trash = ref.tmp_dir / f"trash-{uuid.uuid4().hex}"
         with self.db.write() as s:
             self.db.lock_paths(s, ref.dataset_id, [rel])
-            try:
-                os.rename(self.file_path(ref, rel), trash)
-                found = True
-            except (FileNotFoundError, NotADirectoryError):
-                found = False
+            trash = move_to_trash(self.file_path(ref, rel), ref.tmp_dir)
             q.delete_entries(s, ref.dataset_id, rel)  # an entry whose file is gone goes too
-        if not found:
+        if trash is None:
             raise NotFound(f"'{rel}' not found")
         remove_trash(trash)
 

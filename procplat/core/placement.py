@@ -8,15 +8,21 @@
   happens before the upload is moved into place under its path lock.
 - :func:`measure` does the same for a file already in place (a tool's output).
 - :func:`disk_full_is_507` turns "no space left" (ENOSPC, EDQUOT) into
-  :class:`~procplat.errors.InsufficientStorage`; :func:`remove_trash` removes what a delete
-  moved aside.
+  :class:`~procplat.errors.InsufficientStorage`; :func:`move_to_trash` and
+  :func:`remove_trash` take a deleted file or folder out of the dataset and then away.
+- :func:`leftovers` finds the upload and trash folders a killed process left in ``.ddb/tmp``
+  (the sweeper removes them): an upload untouched for :data:`UPLOAD_QUIET_SECONDS` (a live
+  upload writes its file all the time), trash moved aside over :data:`TRASH_QUIET_SECONDS` ago
+  (a delete removes it right after its commit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -25,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio.to_thread
 
@@ -35,6 +41,10 @@ from tools.detect import Detected, detect
 from tools.hashing import sha256_file
 
 log = logging.getLogger(__name__)
+
+UPLOAD_QUIET_SECONDS = 6 * 3600
+TRASH_QUIET_SECONDS = 600
+_LEFTOVER = re.compile(r"^(?P<kind>upload|trash)-[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,12 +179,56 @@ async def _skip_rest(body: AsyncIterator[bytes], budget: int) -> None:
             return
 
 
+def move_to_trash(target: Path, tmp_dir: Path) -> Path | None:
+    """Move ``target`` (a file or folder) aside into ``tmp_dir``; None when it is not there.
+    The trash's mtime says when it was moved (for :func:`leftovers`)."""
+    trash = tmp_dir / f"trash-{uuid.uuid4().hex}"
+    try:
+        os.rename(target, trash)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(trash, follow_symlinks=False)
+    return trash
+
+
 def remove_trash(trash: Path) -> None:
-    """Remove a file or folder a delete moved aside (after its transaction committed)."""
+    """Remove a file or folder a delete moved aside (after its transaction committed); what
+    is already gone (the sweeper got there first) is no error."""
+    def gone_is_fine(_function: object, _path: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
     try:
         if trash.is_dir() and not trash.is_symlink():
-            shutil.rmtree(trash)
+            shutil.rmtree(trash, onerror=gone_is_fine)
         else:
-            trash.unlink()
+            trash.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not remove %s after a delete (it stays in .ddb/tmp): %s", trash, exc)
+
+
+def leftovers(tmp_dir: Path, now: float) -> list[Path]:
+    """The upload and trash folders in ``tmp_dir`` that no live request will finish (see the
+    module docstring); ``now`` is a POSIX time."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError):
+        for item in tmp_dir.iterdir():
+            match = _LEFTOVER.match(item.name)
+            if match is None:
+                continue
+            quiet = UPLOAD_QUIET_SECONDS if match["kind"] == "upload" else TRASH_QUIET_SECONDS
+            if now - _last_touched(item, upload=match["kind"] == "upload") > quiet:
+                found.append(item)
+    return found
+
+
+def _last_touched(item: Path, *, upload: bool) -> float:
+    """When the item was last written: for an upload its folder or the file in it."""
+    try:
+        times = [item.lstat().st_mtime]
+        if upload and item.is_dir():
+            times += [child.lstat().st_mtime for child in item.iterdir()]
+    except OSError:
+        return float("inf")  # vanished meanwhile: nothing to remove
+    return max(times)

@@ -33,6 +33,7 @@ import anyio
 from sqlalchemy.exc import SQLAlchemyError
 
 from procplat.core.datasets import Datasets
+from procplat.core.placement import leftovers, remove_trash
 from procplat.core.registry import Registry
 from procplat.engine.engine import Engine, outcome_from
 from procplat.engine.job import Job, Outcome
@@ -702,8 +703,8 @@ class Supervisor:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
     def sweep(self) -> dict[str, int]:
-        """Delete expired artifacts, tasks past retention, and work and staging folders of
-        tasks that are no longer active."""
+        """Delete expired artifacts, tasks past retention, work and staging folders of tasks
+        that are no longer active, and uploads and trash a killed process left behind."""
         now = utcnow()
         work_dir = self.settings.work_dir
         work_folders = list(work_dir.iterdir()) if work_dir.is_dir() else []
@@ -726,12 +727,20 @@ class Supervisor:
             if task_id is not None and task_id not in active:
                 shutil.rmtree(folder, ignore_errors=True)
                 orphans += 1
-        return {"expired": len(expired), "deleted": len(old), "orphans": orphans}
+        left = [item for tmp in self._tmp_dirs() for item in leftovers(tmp, time.time())]
+        for item in left:
+            remove_trash(item)
+        return {"expired": len(expired), "deleted": len(old), "orphans": orphans,
+                "leftovers": len(left)}
+
+    def _tmp_dirs(self) -> list[Path]:
+        """Every dataset's ``.ddb/tmp``."""
+        return list(self.settings.datasets_dir.glob(f"*/*/{SERVICE_FOLDER}/tmp"))
 
     def _staging_folders(self) -> list[Path]:
         """Tools' staging folders in every dataset (``.ddb/tmp/<tool>-<task id>``)."""
         found: list[Path] = []
-        for tmp in self.settings.datasets_dir.glob(f"*/*/{SERVICE_FOLDER}/tmp"):
+        for tmp in self._tmp_dirs():
             with contextlib.suppress(OSError):
                 found += [p for p in tmp.iterdir() if STAGING_NAME.match(p.name)]
         return found
