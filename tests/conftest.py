@@ -80,6 +80,21 @@ def start_server(settings: Settings) -> LiveServer:
     return LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, server=server, thread=thread)
 
 
+def worker_running(client: Any, task_id: str) -> str | None:
+    """The address of the worker running the task's attempt right now (its Dask key is
+    ``<task id>-<attempt>``), or None."""
+
+    def running_on(dask_scheduler: Any, job_key: str = rf"{task_id}-\d+") -> str | None:
+        import re
+
+        for key, ts in dask_scheduler.tasks.items():
+            if re.fullmatch(job_key, str(key)) and ts.processing_on is not None:
+                return str(ts.processing_on.address)
+        return None
+
+    return client.run_on_scheduler(running_on)  # type: ignore[no-any-return]
+
+
 @contextmanager
 def small_filesystem(mount_point: Path, size: str) -> Iterator[Path]:
     """A real file system of ``size`` (tmpfs, e.g. ``"16m"``) at ``mount_point``, to fill up;

@@ -16,7 +16,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World
+from tests.conftest import World, worker_running
 
 
 def raster_bytes(tmp_path: Path, size: int = 512, *, seed: int = 0, dtype: str = "uint8",
@@ -197,10 +197,6 @@ def test_worker_killed_mid_build_leaves_nothing_half_written(world: World, tmp_p
                                                  noise=True))
     task_id = world.submit("build", {"path": "k"}).json()["taskId"]
     with Client(world.server.settings.dask_address, timeout="30s") as client:
-        def running_on(dask_scheduler, key=task_id):  # type: ignore[no-untyped-def]
-            ts = dask_scheduler.tasks.get(key)
-            return ts.processing_on.address if ts is not None and ts.processing_on else None
-
         deadline = time.monotonic() + 60
         while True:
             status = world.user.get(f"{world.tasks_url}/{task_id}").json()
@@ -208,7 +204,7 @@ def test_worker_killed_mid_build_leaves_nothing_half_written(world: World, tmp_p
                 break
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
-        address = client.run_on_scheduler(running_on)
+        address = worker_running(client, task_id)
         assert address, "the build is not running on a worker"
         pid = client.run(os.getpid, workers=[address])[address]
         os.kill(pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import rasterio
 from rasterio.transform import Affine, from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World
+from tests.conftest import World, worker_running
 
 ORIGIN = (500000.0, 4500000.0)
 PIXEL = 0.05
@@ -275,11 +275,7 @@ def test_worker_killed_mid_write_leaves_no_partial_file_and_the_retry_completes(
     world = new_world(make_server())
     task_id = submit_big(world, big_bands)
     with Client(world.server.settings.dask_address, timeout="30s") as client:
-        def running_on(dask_scheduler, key=task_id):  # type: ignore[no-untyped-def]
-            ts = dask_scheduler.tasks.get(key)
-            return ts.processing_on.address if ts is not None and ts.processing_on else None
-
-        address = client.run_on_scheduler(running_on)
+        address = worker_running(client, task_id)
         assert address, "the merge is not running on a worker"
         os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
         status = world.wait(task_id, timeout=120)

@@ -12,7 +12,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World
+from tests.conftest import World, worker_running
 from tools.raster_export import export
 
 
@@ -133,14 +133,10 @@ def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
                                              "bandFilter": "RGBN"}).json()["taskId"]
     world.wait(task_id, states=("Processing",))
     with Client(world.server.settings.dask_address, timeout="30s") as client:
-        def running_on(dask_scheduler, key=task_id):  # type: ignore[no-untyped-def]
-            ts = dask_scheduler.tasks.get(key)
-            return ts.processing_on.address if ts is not None and ts.processing_on else None
-
         address = None
         deadline = time.monotonic() + 30
         while address is None and time.monotonic() < deadline:
-            address = client.run_on_scheduler(running_on)
+            address = worker_running(client, task_id)
             time.sleep(0.05)
         assert address, "the export never ran on a worker"
         pid = client.run(os.getpid, workers=[address])[address]

@@ -41,6 +41,7 @@ from procplat.engine.job import (
     task_span,
 )
 from procplat.engine.worker import run_job
+from tools.contract import BuildState, EntryUpdate
 
 log = logging.getLogger("procplat.engine")
 
@@ -377,6 +378,14 @@ def outcome_from(value: dict[str, Any], *, task_id: str, attempt: int) -> Outcom
         summary=value.get("summary"),
         entries_added=value.get("entriesAdded", []),
         entries_removed=value.get("entriesRemoved", []),
-        entries_updated=value.get("entriesUpdated", []),
+        entries_updated=[_entry_update(u) for u in value.get("entriesUpdated", [])],
         log_lines_sent=lines,
     )
+
+
+def _entry_update(value: dict[str, Any]) -> EntryUpdate:
+    """An :class:`EntryUpdate` from its msgpack form (the worker sends plain values: the run's
+    ending also travels as an event, which must be msgpack-serialisable)."""
+    build = value.get("build")
+    return EntryUpdate(**{**value, "build": BuildState(
+        **{**build, "outputs": tuple(build.get("outputs") or ())}) if build else None})

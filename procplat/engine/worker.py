@@ -25,9 +25,11 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from distributed import Event, get_worker
 
 from procplat.engine.job import EVENT_TOPIC, Job, cancel_event_name
@@ -72,9 +74,11 @@ class DaskReporter:
 
     def ended(self, value: dict[str, Any]) -> dict[str, Any]:
         """Report how the run ended as an event too: the scheduler keeps it in its event log,
-        where a supervisor that takes over finds an attempt that ended while none listened."""
-        self._send("end", v=value)
-        return value
+        where a supervisor that takes over finds an attempt that ended while none listened.
+        The value returned is the same plain one the event carries."""
+        plain: dict[str, Any] = _plain(value)
+        self._send("end", v=plain)
+        return plain
 
     def progress(self, fraction: float | None, phase: str | None = None) -> None:
         now = time.monotonic()
@@ -111,6 +115,22 @@ class DaskReporter:
     def check_cancelled(self) -> None:
         if self.cancelled():
             raise Cancelled()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in the plain types an event may carry (``distributed`` checks exact types):
+    dataclasses as dicts, tuples as lists, numpy scalars as Python numbers, paths as text."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _store_artifact(job: Job, artifact: Path, reporter: DaskReporter) -> dict[str, Any]:
