@@ -697,7 +697,7 @@ def test_admin_task_listing_rejects_bad_numbers(world: World) -> None:
         assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "not-a-uuid", "x" * 300, "%2e%2e", "..%2F..%2Fx"])
+@pytest.mark.parametrize("task_id", ["f661af8c-dc57-4fe1-906c-0b83e6b84071", "not-a-uuid", "x" * 300, "%2e%2e", "..%2F..%2Fx"])
 def test_unknown_task_id_is_404(world: World, task_id: str) -> None:
     base = f"{world.tasks_url}/{task_id}"
     for method, url in (("GET", base), ("GET", f"{base}/log"), ("GET", f"{base}/result"),
