@@ -7,6 +7,11 @@ an exclusive ``flock`` on a file beside the database, with the holder's name wri
 the kernel drops it when the process dies. Both work between processes; neither needs a
 clock or a heartbeat row, and a holder checks it still holds the lease with
 :meth:`Lease.still_held`.
+
+A PostgreSQL lock also goes when the index restarts while its holder lives: the holder learns
+it at its next check (every :data:`CHECK_INTERVAL`) and stops, and whoever takes the lock
+next waits :attr:`Lease.takeover_grace` before acting, so two processes never supervise at
+once. A ``flock`` goes only with its process: no grace.
 """
 
 from __future__ import annotations
@@ -22,9 +27,16 @@ from sqlalchemy.pool import NullPool
 
 SUPERVISOR_LOCK_KEY = 0x73757076  # "supv": below 2**31, so pg_locks shows it as objid
 APPLICATION_PREFIX = "procplat supervisor "
+CHECK_INTERVAL = 1.0  # how often a holder checks it still holds the lease (and others try it)
 
 
 class Lease(Protocol):
+    @property
+    def takeover_grace(self) -> float:
+        """Seconds a new holder waits before acting: a previous holder that lost the lease
+        without dying has noticed by then (it checks every :data:`CHECK_INTERVAL`)."""
+        ...
+
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; whether this process holds it now."""
         ...
@@ -39,6 +51,8 @@ class Lease(Protocol):
 
 
 class PostgresLease:
+    takeover_grace = 2 * CHECK_INTERVAL + 0.5
+
     def __init__(self, url: str, name: str) -> None:
         self.name = name
         application = (APPLICATION_PREFIX + name)[:63]
@@ -104,6 +118,8 @@ class PostgresLease:
 class FileLease:
     """An exclusive ``flock`` on ``path`` (per open file, so it also excludes a second
     service in the same process), holding the holder's name."""
+
+    takeover_grace = 0.0
 
     def __init__(self, path: Path, name: str) -> None:
         self.path = path
