@@ -51,7 +51,7 @@ class Lease(Protocol):
 
 
 class PostgresLease:
-    takeover_grace = 2 * CHECK_INTERVAL + 0.5
+    takeover_grace = 3 * CHECK_INTERVAL + 1.0
 
     def __init__(self, url: str, name: str) -> None:
         self.name = name
