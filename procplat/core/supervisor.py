@@ -144,8 +144,12 @@ class Supervisor:
         if not self.uses_dask:
             return
         await self.engine.start()
+        loop = asyncio.get_running_loop()
+        self.lease.on_lost = lambda: loop.call_soon_threadsafe(self._lease_lost)
         if await anyio.to_thread.run_sync(self.lease.try_acquire):
-            await self._take_over()  # the embedded default: supervising before the first request
+            # supervising before the first request (the embedded default); no grace: a
+            # holder whose lease went learnt it when the index ended the lease's session
+            await self._take_over(grace=0.0)
         self._elector = asyncio.create_task(self._elect_forever())
 
     async def close(self) -> None:
@@ -178,12 +182,16 @@ class Supervisor:
                     log.warning("supervisor lease: %s", exc)
                     continue
                 if acquired:
-                    await self._take_over()
+                    await self._take_over(grace=self.lease.takeover_grace)
             elif not await self._holds_lease():
-                # The lease went with its connection (the index restarted, say): once the
-                # index answers, another process may take it, so stop now, writes in flight
-                # included; whoever holds the lease next recovers the tasks.
                 self._step_down()
+
+    def _lease_lost(self) -> None:
+        """The lease went with its session (the index restarted, say): once the index
+        answers, another process may take it, so stop now, writes in flight included;
+        whoever holds the lease next recovers the tasks."""
+        if self.leading and not self._closing:
+            self._step_down()
 
     async def _holds_lease(self) -> bool:
         """Whether this process still holds the lease, or has it again (False when the index
@@ -196,10 +204,11 @@ class Supervisor:
             log.warning("supervisor lease: %s", exc)
             return False
 
-    async def _take_over(self) -> None:
-        """Lead once a previous holder that lost the lease without dying has stopped."""
-        if self.lease.takeover_grace:
-            await asyncio.sleep(self.lease.takeover_grace)
+    async def _take_over(self, *, grace: float) -> None:
+        """Lead, after ``grace`` seconds (a previous holder that lost the lease without
+        dying has stopped by then)."""
+        if grace:
+            await asyncio.sleep(grace)
             if not await self._holds_lease():
                 return
         try:
@@ -213,6 +222,8 @@ class Supervisor:
         self.leading = True
         log.info("this process (%s) is the supervisor", self.name)
         await self.recover()
+        if not self.leading:  # the lease went meanwhile
+            return
         self._duties = [asyncio.create_task(self._sweep_forever()),
                         asyncio.create_task(self._poll_forever())]
 
