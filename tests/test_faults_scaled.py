@@ -46,6 +46,9 @@ SCALED_ENV = {"PROCPLAT_DEDUP_ENABLED": "false", "PROCPLAT_SWEEP_INTERVAL_SECOND
 DATA_DISK = "320m"  # the shared data folder: room for every scenario, small enough to fill
 _slugs = itertools.count(1)
 
+# the module's processes start within its first test's time
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
@@ -165,7 +168,7 @@ def test_worker_killed_mid_export_reruns_to_the_same_sha256(
 
 
 def _attempt_finished_on_cluster(deployment: ScaledDeployment, task_id: str,
-                                 timeout: float = 60) -> None:
+                                 timeout: float = 120) -> None:
     """Wait until the attempt (seen running) is done on the cluster: its result is held or
     already handed to the service and forgotten, whatever the service recorded of it."""
 

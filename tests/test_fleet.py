@@ -35,6 +35,9 @@ class Fleet:
         self.replicas.append(replica)
         return replica
 
+# the module's processes start within its first test's time
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:

@@ -44,6 +44,9 @@ DATASET = "/orgs/acme/ds/survey"
 TASKS = f"{DATASET}/tasks"
 FINAL = ("Succeeded", "Failed", "Deleted")
 
+# the module's processes start within its first test's time
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaledDeployment]:
