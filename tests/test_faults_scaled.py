@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,6 +250,32 @@ def test_postgres_restarted_mid_task_is_503_then_one_supervisor_ends_the_task(
     assert again["state"] == "Succeeded", again
     assert _result_sha(site, again) == status["artifact"]["sha256"]
     _assert_nothing_lost(scaled, site, before)
+
+
+def test_lease_session_ended_by_the_server_is_reported_lost_at_once(
+    postgres: PostgresServer
+) -> None:
+    """The supervisor lease's holder learns the moment the index ends the lease's session
+    (before the index could take another holder), and can take the lease again after."""
+    import psycopg
+
+    url = postgres.new_database()
+    lease = PostgresLease(url, "holder")
+    lost = threading.Event()
+    lease.on_lost = lost.set
+    try:
+        assert lease.try_acquire() and lease.still_held()
+        assert not lost.wait(2 * CHECK_INTERVAL)  # an idle session says nothing
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            ended = time.monotonic()
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE application_name = 'procplat supervisor holder'")
+        assert lost.wait(5)
+        assert time.monotonic() - ended < CHECK_INTERVAL
+        assert not lease.still_held()
+        assert lease.try_acquire() and lease.holder() == "holder"
+    finally:
+        lease.release()
 
 
 def _noise_raster(path: Path, size: int) -> Path:
