@@ -161,7 +161,7 @@ def test_worker_killed_mid_export_reruns_to_the_same_sha256(
     scaled.dask.kill_worker_at(_worker_running(scaled, task_id))
     assert site.user.get(f"{site.tasks}/{task_id}").json()["state"] == "Processing"  # mid-export
 
-    status = wait_state(site.user, f"{site.tasks}/{task_id}", FINAL, timeout=90)
+    status = wait_state(site.user, f"{site.tasks}/{task_id}", FINAL, timeout=180)
     assert status["state"] == "Succeeded", status
     assert _result_sha(site, status) == expected
     _assert_nothing_lost(scaled, site, before)
