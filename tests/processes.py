@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -114,7 +116,15 @@ class DaskProcesses:
     """A real ``dask scheduler`` and ``dask worker`` processes on loopback."""
 
     address: str
-    procs: list[subprocess.Popen[bytes]]
+    procs: list[subprocess.Popen[bytes]]  # the scheduler, then the workers
+    log: Any = None  # the file their output goes to
+
+    def add_worker(self) -> None:
+        """Start one more worker (after one was killed) and wait until every live one is
+        connected."""
+        self.procs = [self.procs[0], *(p for p in self.procs[1:] if p.poll() is None)]
+        self.procs.append(_start_worker(self.address, self.log))
+        _wait_for_workers(self.address, len(self.procs) - 1)
 
     def kill_worker_at(self, address: str) -> None:
         """SIGKILL the ``dask worker`` (nanny and worker process) serving ``address``, for
@@ -138,6 +148,13 @@ class DaskProcesses:
             os.killpg(self.procs[0].pid, signal.SIGKILL)
         self.procs[0].wait(timeout=30)
 
+    def kill(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(timeout=30)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             try:
@@ -151,28 +168,34 @@ class DaskProcesses:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) -> DaskProcesses:
-    """A scheduler (on ``port``, or a free one) and ``n_workers`` workers, all connected."""
-    port = port or free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs: list[subprocess.Popen[bytes]] = []
-    log = open(log_dir / "dask.log", "ab")
-    procs.append(subprocess.Popen(
-        [*dask, "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+def _start_worker(address: str, log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
+         "--host", "127.0.0.1", "--dashboard-address", ":0"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    ))
-    for _ in range(n_workers):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
-             "--host", "127.0.0.1", "--dashboard-address", ":0"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+    )
+
+
+def _wait_for_workers(address: str, n_workers: int) -> None:
     from distributed import Client
 
     with Client(address, timeout="60s") as client:
         client.wait_for_workers(n_workers, timeout=60)
-    return DaskProcesses(address=address, procs=procs)
+
+
+def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) -> DaskProcesses:
+    """A scheduler (on ``port``, or a free one) and ``n_workers`` workers, all connected."""
+    port = port or free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(log_dir / "dask.log", "ab")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--dashboard-address", ":0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )]
+    procs += [_start_worker(address, log) for _ in range(n_workers)]
+    _wait_for_workers(address, n_workers)
+    return DaskProcesses(address=address, procs=procs, log=log)
 
 
 # --- PostgreSQL of its own -------------------------------------------------------------------
@@ -256,14 +279,14 @@ class ScaledDeployment:
     scheduler`` with its workers and one shared data folder."""
 
     data: Path
-    database_url: str
+    database_url: str | None  # None: SQLite in the data folder
     dask: DaskProcesses
     replicas: list[ServiceProcess] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
     def add_replica(self) -> ServiceProcess:
         replica = start_service(self.data, env={
-            "PROCPLAT_DATABASE_URL": self.database_url,
+            **({"PROCPLAT_DATABASE_URL": self.database_url} if self.database_url else {}),
             "PROCPLAT_DASK_ADDRESS": self.dask.address,
             **self.env,
         })
@@ -275,8 +298,90 @@ class ScaledDeployment:
             replica.terminate()
         self.dask.stop()
 
+    def replace_dask(self, n_workers: int = 2) -> DaskProcesses:
+        """A new scheduler (on the same address, as after a failover) and new workers, for
+        the scheduler killed by a test (:meth:`DaskProcesses.kill_scheduler`): the old workers
+        are SIGKILLed, the work they ran is lost with the old scheduler."""
+        self.dask.kill()
+        self.dask = start_dask(self.data.parent, n_workers=n_workers, port=self.dask.port)
+        return self.dask
 
-def start_scaled(data: Path, database_url: str, *, replicas: int = 1, workers: int = 2,
+    def balanced(self, token: str) -> httpx.Client:
+        """A client whose requests go to the replicas in turn, as behind a load balancer."""
+        return httpx.Client(base_url="http://replicas", timeout=60,
+                            headers={"Authorization": f"Bearer {token}"},
+                            transport=RoundRobin([r.url for r in self.replicas]))
+
+    def supervisor(self, timeout: float = 15) -> ServiceProcess:
+        """The replica that supervises (waiting until one does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leading = [r for r in self.replicas if r.health()["supervisor"]["isThisProcess"]]
+            if len(leading) == 1:
+                return leading[0]
+            assert len(leading) < 2, "two replicas supervise"
+            assert time.monotonic() < deadline, "no replica supervises"
+            time.sleep(0.1)
+
+
+class RoundRobin(httpx.BaseTransport):
+    """Sends each request to the next of ``urls`` in turn."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._targets = itertools.cycle([httpx.URL(url) for url in urls])
+        self._transport = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        target = next(self._targets)
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        request.headers["Host"] = target.netloc.decode()
+        return self._transport.handle_request(request)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class SupervisorWatch:
+    """Asks every replica's ``/sys/health`` in turn, again and again in a thread, which ones
+    say they supervise: a record of (time, the replicas that did) per round."""
+
+    def __init__(self, replicas: list[ServiceProcess], interval: float = 0.05) -> None:
+        self.replicas = replicas
+        self.interval = interval
+        self.rounds: list[tuple[float, tuple[str, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> SupervisorWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        clients = [httpx.Client(base_url=r.url, timeout=10) for r in self.replicas]
+        try:
+            while not self._stop.is_set():
+                leading = []
+                for client in clients:
+                    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                        if client.get("/sys/health").json()["supervisor"]["isThisProcess"]:
+                            leading.append(str(client.base_url))
+                self.rounds.append((time.monotonic(), tuple(leading)))
+                self._stop.wait(self.interval)
+        finally:
+            for client in clients:
+                client.close()
+
+    def supervising(self, start: float = 0.0, end: float = float("inf")) -> set[tuple[str, ...]]:
+        """Every distinct set of replicas that said they supervise, in rounds between ``start``
+        and ``end`` (``time.monotonic()`` values)."""
+        return {leading for at, leading in self.rounds if start <= at <= end}
+
+
+def start_scaled(data: Path, database_url: str | None, *, replicas: int = 2, workers: int = 2,
                  env: dict[str, str] | None = None) -> ScaledDeployment:
     data.mkdir(parents=True, exist_ok=True)
     deployment = ScaledDeployment(data=data, database_url=database_url,
@@ -322,3 +427,22 @@ def assert_no_active_task(admin: httpx.Client) -> None:
     active = [(t["taskId"], t["state"]) for t in response.json()["items"]
               if t["state"] in ACTIVE_STATES]
     assert not active, active
+
+
+def assert_nothing_lost(deployment: ScaledDeployment, client: httpx.Client, dataset_url: str,
+                        dataset_root: Path, before: dict[str, tuple[int, str]],
+                        *, settle: float = 0) -> None:
+    """The files that were there are unchanged, the index equals the disk, no task is active,
+    and no work or staging folder is left (after up to ``settle`` seconds: the sweeper removes
+    what killed workers left)."""
+    on_disk = files_on_disk(dataset_root)
+    assert {rel: on_disk.get(rel) for rel in before} == before
+    assert_index_is_disk(client, dataset_url, dataset_root)
+    with deployment.replicas[0].client() as admin:
+        assert_no_active_task(admin)
+    work = deployment.data / "work"
+    tmp = dataset_root / ".ddb" / "tmp"
+    deadline = time.monotonic() + settle
+    while left := [p for folder in (work, tmp) if folder.is_dir() for p in folder.iterdir()]:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)

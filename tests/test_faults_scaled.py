@@ -1,19 +1,21 @@
 """Faults on the scaled path, with real processes: a PostgreSQL server of the module's own,
-a ``dask scheduler`` with two ``dask worker`` processes and the API (``procplat serve``)
-on one shared data folder. Each fault is injected once, and afterwards nothing is lost (the
-files that were there keep their hashes, the index equals the disk), nothing is half-written
-and no task is left active.
-
-The API is one replica for now: two are safe once one supervisor is chosen by a lease
-(``start_scaled(..., replicas=2)`` or :meth:`ScaledDeployment.add_replica` add one).
+a ``dask scheduler`` with two ``dask worker`` processes and two API replicas (``procplat
+serve``, one of them the supervisor) on one shared data folder, a small file system of its own
+so that it can be filled. The requests go to the replicas in turn, as behind a load balancer.
+The processes are shared by the module's scenarios; each fault is injected once, into its own
+dataset, and afterwards nothing is lost (the files that were there keep their hashes, the
+index equals the disk), nothing is half-written and no task is left active.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,16 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
+from distributed import Client
 from rasterio.transform import from_origin
 
-from tests.conftest import small_filesystem
+from procplat.index.lease import CHECK_INTERVAL, PostgresLease
+from tests.conftest import small_filesystem, worker_running
 from tests.processes import (
     PostgresServer,
     ScaledDeployment,
-    assert_index_is_disk,
-    assert_no_active_task,
+    SupervisorWatch,
+    assert_nothing_lost,
     files_on_disk,
     start_postgres,
     start_scaled,
@@ -36,12 +40,15 @@ from tests.processes import (
 )
 from tests.test_raster_export_service import write_rgbn
 
-DATASET = "/orgs/acme/ds/survey"
-TASKS = f"{DATASET}/tasks"
 FINAL = ("Succeeded", "Failed", "Deleted")
 # identical requests make distinct tasks, so a disturbed run can be compared with an
 # undisturbed one of the same parameters
 SCALED_ENV = {"PROCPLAT_DEDUP_ENABLED": "false", "PROCPLAT_SWEEP_INTERVAL_SECONDS": "1"}
+DATA_DISK = "320m"  # the shared data folder: room for every scenario, small enough to fill
+_slugs = itertools.count(1)
+
+# the module's processes start within its first test's time
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
@@ -53,118 +60,118 @@ def postgres() -> Iterator[PostgresServer]:
         server.remove()
 
 
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory,
+           postgres: PostgresServer) -> Iterator[ScaledDeployment]:
+    base = tmp_path_factory.mktemp("scaled")
+    with small_filesystem(base / "data", DATA_DISK) as data:
+        deployment = start_scaled(data, postgres.new_database(), env=SCALED_ENV)
+        try:
+            yield deployment
+        finally:
+            deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def token(scaled: ScaledDeployment) -> str:
+    """A user's token; the user owns the org ``acme``."""
+    with scaled.replicas[0].client() as admin:
+        token = str(admin.post("/users", json={"username": "surveyor"}).json()["token"])
+    with scaled.balanced(token) as user:
+        assert user.post("/orgs", json={"slug": "acme"}).status_code == 201
+    return token
+
+
+@dataclass(frozen=True, kw_only=True)
+class Site:
+    """A scenario's own dataset and the user's client (spread over the replicas)."""
+
+    user: httpx.Client
+    url: str
+    root: Path
+
+    @property
+    def tasks(self) -> str:
+        return f"{self.url}/tasks"
+
+
 @pytest.fixture
-def scaled(tmp_path: Path, postgres: PostgresServer) -> Iterator[ScaledDeployment]:
-    deployment = start_scaled(tmp_path / "data", postgres.new_database(), env=SCALED_ENV)
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
+def site(scaled: ScaledDeployment, token: str) -> Iterator[Site]:
+    slug = f"survey{next(_slugs)}"
+    with scaled.balanced(token) as user:
+        assert user.post("/orgs/acme/ds", json={"slug": slug}).status_code == 201
+        yield Site(user=user, url=f"/orgs/acme/ds/{slug}",
+                   root=scaled.data / "datasets" / "acme" / slug)
 
 
-def _user(deployment: ScaledDeployment) -> httpx.Client:
-    """A user owning the dataset ``acme/survey``, on the first replica."""
-    with deployment.replicas[0].client() as admin:
-        token = admin.post("/users", json={"username": "surveyor"}).json()["token"]
-    user = httpx.Client(base_url=deployment.replicas[0].url, timeout=60,
-                        headers={"Authorization": f"Bearer {token}"})
-    assert user.post("/orgs", json={"slug": "acme"}).status_code == 201
-    assert user.post("/orgs/acme/ds", json={"slug": "survey"}).status_code == 201
-    return user
-
-
-def _upload(user: httpx.Client, rel: str, content: bytes) -> None:
-    response = user.put(f"{DATASET}/files/{rel}", content=content)
+def _upload(site: Site, rel: str, content: bytes) -> None:
+    response = site.user.put(f"{site.url}/files/{rel}", content=content)
     assert response.status_code in (200, 201), response.text
 
 
-def _dataset_root(deployment: ScaledDeployment) -> Path:
-    return deployment.data / "datasets" / "acme" / "survey"
-
-
-def _submit(user: httpx.Client, tool: str, params: dict[str, Any]) -> str:
-    response = user.post(TASKS, json={"toolId": tool, "params": params})
+def _submit(site: Site, tool: str, params: dict[str, Any]) -> str:
+    response = site.user.post(site.tasks, json={"toolId": tool, "params": params})
     assert response.status_code == 202, response.text
     return str(response.json()["taskId"])
 
 
-def _result_sha(user: httpx.Client, status: dict[str, Any]) -> str:
-    result = user.get(f"{TASKS}/{status['taskId']}/result")
+def _result_sha(site: Site, status: dict[str, Any]) -> str:
+    result = site.user.get(f"{site.tasks}/{status['taskId']}/result")
     assert result.status_code == 200, result.text
     digest = hashlib.sha256(result.content).hexdigest()
     assert digest == status["artifact"]["sha256"]
     return digest
 
 
-def _assert_nothing_lost(deployment: ScaledDeployment, user: httpx.Client,
+def _assert_nothing_lost(deployment: ScaledDeployment, site: Site,
                          before: dict[str, tuple[int, str]]) -> None:
-    """The files that were there are unchanged, the index equals the disk, no task is active,
-    and no work or staging folder is left."""
-    root = _dataset_root(deployment)
-    on_disk = files_on_disk(root)
-    assert {rel: on_disk.get(rel) for rel in before} == before
-    assert_index_is_disk(user, DATASET, root)
-    with deployment.replicas[0].client() as admin:
-        assert_no_active_task(admin)
-    work = deployment.data / "work"
-    assert not (work.is_dir() and any(work.iterdir())), list(work.iterdir())
-    tmp = root / ".ddb" / "tmp"
-    assert not (tmp.is_dir() and any(tmp.iterdir())), list(tmp.iterdir())
+    assert_nothing_lost(deployment, site.user, site.url, site.root, before)
 
 
 def _worker_running(deployment: ScaledDeployment, task_id: str, timeout: float = 30) -> str:
     """The address of the worker running the task's attempt."""
-    from distributed import Client
-
-    def running_on(dask_scheduler: Any, task_id: str = task_id) -> str | None:
-        for key, ts in dask_scheduler.tasks.items():
-            if task_id in str(key) and ts.processing_on is not None:
-                return str(ts.processing_on.address)
-        return None
-
     deadline = time.monotonic() + timeout
     with Client(deployment.dask.address, timeout="30s") as client:
         while time.monotonic() < deadline:
-            address = client.run_on_scheduler(running_on)
-            if address:
-                return str(address)
+            if address := worker_running(client, task_id):
+                return address
             time.sleep(0.05)
     raise AssertionError(f"task {task_id} never ran on a worker")
 
 
 def test_worker_killed_mid_export_reruns_to_the_same_sha256(
-    scaled: ScaledDeployment, tmp_path: Path
+    scaled: ScaledDeployment, site: Site, tmp_path: Path
 ) -> None:
-    user = _user(scaled)
-    _upload(user, "notes/readme.txt", b"field notes\n")
-    _upload(user, "ortho.tif", write_rgbn(tmp_path / "ortho.tif", 4096, tile=512).read_bytes())
-    before = files_on_disk(_dataset_root(scaled))
+    _upload(site, "notes/readme.txt", b"field notes\n")
+    _upload(site, "ortho.tif", write_rgbn(tmp_path / "ortho.tif", 4096, tile=512).read_bytes())
+    before = files_on_disk(site.root)
     params = {"path": "ortho.tif", "formula": "NDVI", "bandFilter": "RGBN", "colormap": "rdylgn"}
 
-    undisturbed = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+    undisturbed = wait_state(site.user, f"{site.tasks}/{_submit(site, 'raster-export', params)}",
+                             FINAL)
     assert undisturbed["state"] == "Succeeded", undisturbed
-    expected = _result_sha(user, undisturbed)
+    expected = _result_sha(site, undisturbed)
 
-    task_id = _submit(user, "raster-export", params)
-    wait_state(user, f"{TASKS}/{task_id}", ("Processing",))
+    task_id = _submit(site, "raster-export", params)
+    wait_state(site.user, f"{site.tasks}/{task_id}", ("Processing",))
     deadline = time.monotonic() + 30
-    while user.get(f"{TASKS}/{task_id}").json().get("progress", {}).get("phase") != "rendering":
+    while site.user.get(f"{site.tasks}/{task_id}").json()["progress"]["phase"] != "rendering":
         assert time.monotonic() < deadline, "the export never reached its rendering phase"
         time.sleep(0.05)
     scaled.dask.kill_worker_at(_worker_running(scaled, task_id))
-    assert user.get(f"{TASKS}/{task_id}").json()["state"] == "Processing"  # killed mid-export
+    assert site.user.get(f"{site.tasks}/{task_id}").json()["state"] == "Processing"  # mid-export
 
-    status = wait_state(user, f"{TASKS}/{task_id}", FINAL, timeout=90)
+    status = wait_state(site.user, f"{site.tasks}/{task_id}", FINAL, timeout=180)
     assert status["state"] == "Succeeded", status
-    assert _result_sha(user, status) == expected
-    _assert_nothing_lost(scaled, user, before)
+    assert _result_sha(site, status) == expected
+    _assert_nothing_lost(scaled, site, before)
+    scaled.dask.add_worker()  # the next scenario has two workers again
 
 
 def _attempt_finished_on_cluster(deployment: ScaledDeployment, task_id: str,
-                                 timeout: float = 60) -> None:
+                                 timeout: float = 120) -> None:
     """Wait until the attempt (seen running) is done on the cluster: its result is held or
     already handed to the service and forgotten, whatever the service recorded of it."""
-    from distributed import Client
 
     def finished(dask_scheduler: Any, task_id: str = task_id) -> bool:
         states = [ts.state for key, ts in dask_scheduler.tasks.items() if task_id in str(key)]
@@ -177,49 +184,98 @@ def _attempt_finished_on_cluster(deployment: ScaledDeployment, task_id: str,
             time.sleep(0.1)
 
 
-def test_postgres_restarted_mid_task_is_503_then_the_task_ends_with_its_artifact(
-    scaled: ScaledDeployment, postgres: PostgresServer, tmp_path: Path
+def test_postgres_restarted_mid_task_is_503_then_one_supervisor_ends_the_task(
+    scaled: ScaledDeployment, site: Site, postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    user = _user(scaled)
-    _upload(user, "notes/readme.txt", b"field notes\n")
-    _upload(user, "ortho.tif", write_rgbn(tmp_path / "ortho.tif", 3072, tile=512).read_bytes())
-    before = files_on_disk(_dataset_root(scaled))
+    """Both replicas answer 503 while the index is down, the supervisor's lease goes with its
+    connection, and afterwards exactly one replica supervises and ends the task, with its
+    progress, log lines (each once) and artifact."""
+    _upload(site, "notes/readme.txt", b"field notes\n")
+    _upload(site, "ortho.tif", write_rgbn(tmp_path / "ortho.tif", 3072, tile=512).read_bytes())
+    before = files_on_disk(site.root)
     params = {"path": "ortho.tif", "formula": "NDVI", "bandFilter": "RGBN"}
-    task_id = _submit(user, "raster-export", params)
-    wait_state(user, f"{TASKS}/{task_id}", ("Processing",))
+    task_id = _submit(site, "raster-export", params)
+    wait_state(site.user, f"{site.tasks}/{task_id}", ("Processing",))
+    on_each = [httpx.Client(base_url=r.url, headers=site.user.headers, timeout=60)
+               for r in scaled.replicas]
 
-    postgres.stop()
-    try:
-        _worker_running(scaled, task_id, timeout=5)  # the index went down mid-attempt
-        # the attempt's progress, its log lines and its outcome all reach the service while
-        # the index is down
-        during: list[httpx.Response] = []
-        done = False
-        while not done or len(during) < 12:
-            during += [user.get(f"{TASKS}/{task_id}"), user.get(f"{TASKS}/{task_id}/log"),
-                       user.get(f"{DATASET}/entries"), user.post(TASKS, json={
-                           "toolId": "raster-export", "params": params})]
-            if not done:
-                _attempt_finished_on_cluster(scaled, task_id)
-                done = True
-        health = httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30)
-    finally:
-        postgres.start()
-    assert [r.status_code for r in during] == [503] * len(during), [r.text for r in during]
-    assert all("index" in r.json()["error"] and r.headers.get("retry-after") for r in during)
-    assert health.status_code == 503 and health.json()["index"] is False
+    with SupervisorWatch(scaled.replicas) as watch:
+        scaled.supervisor()
+        postgres.stop()
+        stopped = time.monotonic()
+        try:
+            _worker_running(scaled, task_id, timeout=5)  # the index went down mid-attempt
+            # the attempt's progress, its log lines and its outcome all reach the service
+            # while the index is down
+            during: list[httpx.Response] = []
+            done = False
+            while not done or time.monotonic() < stopped + PostgresLease.takeover_grace + 2:
+                for client in on_each:
+                    during += [client.get(f"{site.tasks}/{task_id}"),
+                               client.get(f"{site.tasks}/{task_id}/log"),
+                               client.get(f"{site.url}/entries"),
+                               client.post(site.tasks, json={"toolId": "raster-export",
+                                                             "params": params})]
+                if not done:
+                    _attempt_finished_on_cluster(scaled, task_id)
+                    done = True
+                time.sleep(0.2)
+            health = [httpx.get(f"{r.url}/sys/health", timeout=30) for r in scaled.replicas]
+        finally:
+            restarted = time.monotonic()
+            postgres.start()
+        assert [r.status_code for r in during] == [503] * len(during), [r.text for r in during]
+        assert all("index" in r.json()["error"] and r.headers.get("retry-after") for r in during)
+        assert [(h.status_code, h.json()["index"]) for h in health] == [(503, False)] * 2
 
-    status = wait_state(user, f"{TASKS}/{task_id}", FINAL, timeout=60)
+        status = wait_state(site.user, f"{site.tasks}/{task_id}", FINAL, timeout=60)
+        supervisor = scaled.supervisor()
+        time.sleep(3 * CHECK_INTERVAL)  # a replica that still thought it supervised would say so
+    # never two supervisors; none while the lease could not be held (the index was down)
+    assert all(len(leading) <= 1 for leading in watch.supervising()), watch.supervising()
+    # (the one whose lease went stopped at once: before another could have taken it)
+    assert watch.supervising(stopped + CHECK_INTERVAL, restarted) == {()}, watch.rounds
+    assert watch.supervising(time.monotonic() - 2 * CHECK_INTERVAL) == {(supervisor.url,)}
+
     assert status["state"] == "Succeeded", status
     assert status["progress"]["percent"] == 100
-    _result_sha(user, status)
-    log = user.get(f"{TASKS}/{task_id}/log").json()["lines"]
+    _result_sha(site, status)
+    log = site.user.get(f"{site.tasks}/{task_id}/log").json()["lines"]
     assert any("Wrote ortho_export.tif" in line for line in log), log
-    assert httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30).status_code == 200
-    again = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+    assert len(log) == len(set(log)), log  # nothing written twice by two supervisors
+    for client in on_each:
+        assert client.get("/sys/health").status_code == 200
+    again = wait_state(site.user, f"{site.tasks}/{_submit(site, 'raster-export', params)}",
+                       FINAL)
     assert again["state"] == "Succeeded", again
-    assert _result_sha(user, again) == status["artifact"]["sha256"]
-    _assert_nothing_lost(scaled, user, before)
+    assert _result_sha(site, again) == status["artifact"]["sha256"]
+    _assert_nothing_lost(scaled, site, before)
+
+
+def test_lease_session_ended_by_the_server_is_reported_lost_at_once(
+    postgres: PostgresServer
+) -> None:
+    """The supervisor lease's holder learns the moment the index ends the lease's session
+    (before the index could take another holder), and can take the lease again after."""
+    import psycopg
+
+    url = postgres.new_database()
+    lease = PostgresLease(url, "holder")
+    lost = threading.Event()
+    lease.on_lost = lost.set
+    try:
+        assert lease.try_acquire() and lease.still_held()
+        assert not lost.wait(2 * CHECK_INTERVAL)  # an idle session says nothing
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            ended = time.monotonic()
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE application_name = 'procplat supervisor holder'")
+        assert lost.wait(5)
+        assert time.monotonic() - ended < CHECK_INTERVAL
+        assert not lease.still_held()
+        assert lease.try_acquire() and lease.holder() == "holder"
+    finally:
+        lease.release()
 
 
 def _noise_raster(path: Path, size: int) -> Path:
@@ -234,45 +290,35 @@ def _noise_raster(path: Path, size: int) -> Path:
     return path
 
 
-@pytest.fixture
-def small_data_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MiB file system (tmpfs) as the shared data folder."""
-    with small_filesystem(tmp_path / "data", "48m") as data:
-        yield data
-
-
 def test_data_disk_full_during_an_export_fails_cleanly_and_the_service_recovers(
-    small_data_disk: Path, postgres: PostgresServer, tmp_path: Path
+    scaled: ScaledDeployment, site: Site, tmp_path: Path
 ) -> None:
-    scaled = start_scaled(small_data_disk, postgres.new_database(), env=SCALED_ENV)
-    try:
-        user = _user(scaled)
-        _upload(user, "notes/readme.txt", b"field notes\n")
-        _upload(user, "noise.tif", _noise_raster(tmp_path / "noise.tif", 1024).read_bytes())
-        root = _dataset_root(scaled)
-        before = files_on_disk(root)
-        params = {"path": "noise.tif", "bands": [1, 2, 3]}  # a ~4 MB COG
+    _upload(site, "notes/readme.txt", b"field notes\n")
+    _upload(site, "noise.tif", _noise_raster(tmp_path / "noise.tif", 1024).read_bytes())
+    before = files_on_disk(site.root)
+    params = {"path": "noise.tif", "bands": [1, 2, 3]}  # a ~4 MB COG
 
-        filler = small_data_disk / "filler"
-        free = os.statvfs(small_data_disk)
+    filler = scaled.data / "filler"
+    try:
+        free = os.statvfs(scaled.data)
         with open(filler, "wb") as out:  # leave 1 MiB
             os.posix_fallocate(out.fileno(), 0, free.f_bavail * free.f_frsize - 2**20)
-        full = user.put(f"{DATASET}/files/notes/big.bin", content=bytes(2 * 2**20))
+        full = site.user.put(f"{site.url}/files/notes/big.bin", content=bytes(2 * 2**20))
         assert full.status_code == 507, full.text
-        status = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
+        status = wait_state(site.user, f"{site.tasks}/{_submit(site, 'raster-export', params)}",
+                            FINAL)
         assert status["state"] == "Failed", status
         assert "disk is full" in status["error"], status
-        log = user.get(f"{TASKS}/{status['taskId']}/log").json()["lines"]
-        assert not any(str(small_data_disk) in text for text in [status["error"], *log]), log
-        assert not (small_data_disk / "artifacts" / status["taskId"]).exists()
-        _assert_nothing_lost(scaled, user, before)
-
-        filler.unlink()
-        _upload(user, "notes/after.txt", b"written once space was freed\n")
-        again = wait_state(user, f"{TASKS}/{_submit(user, 'raster-export', params)}", FINAL)
-        assert again["state"] == "Succeeded", again
-        _result_sha(user, again)
-        assert httpx.get(f"{scaled.replicas[0].url}/sys/health", timeout=30).status_code == 200
-        _assert_nothing_lost(scaled, user, before)
+        log = site.user.get(f"{site.tasks}/{status['taskId']}/log").json()["lines"]
+        assert not any(str(scaled.data) in text for text in [status["error"], *log]), log
+        assert not (scaled.data / "artifacts" / status["taskId"]).exists()
+        _assert_nothing_lost(scaled, site, before)
     finally:
-        scaled.stop()
+        filler.unlink(missing_ok=True)
+    _upload(site, "notes/after.txt", b"written once space was freed\n")
+    again = wait_state(site.user, f"{site.tasks}/{_submit(site, 'raster-export', params)}", FINAL)
+    assert again["state"] == "Succeeded", again
+    _result_sha(site, again)
+    for replica in scaled.replicas:
+        assert httpx.get(f"{replica.url}/sys/health", timeout=30).status_code == 200
+    _assert_nothing_lost(scaled, site, before)

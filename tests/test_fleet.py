@@ -27,8 +27,6 @@ TAKEOVER_SECONDS = 15
 class Fleet:
     dask: DaskProcesses
     replicas: list[ServiceProcess]
-
-
     env: dict[str, str]
     data: Path
 
@@ -37,12 +35,24 @@ class Fleet:
         self.replicas.append(replica)
         return replica
 
+# the module's processes start within its first test's time
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """A scheduler and two workers, shared by the module's fleets (no test kills them)."""
+    dask = start_dask(tmp_path_factory.mktemp("dask"))
+    try:
+        yield dask
+    finally:
+        dask.stop()
+
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """A scheduler, two workers and two replicas (the first one supervises) on the index
-    this suite is about: PostgreSQL when there is one, else SQLite shared by the replicas."""
-    dask = start_dask(tmp_path)
+def fleet(tmp_path: Path, dask: DaskProcesses) -> Iterator[Fleet]:
+    """Two replicas (the first one supervises) on a new index and data folder of their own:
+    PostgreSQL when this suite has one, else SQLite shared by the replicas."""
     url = fresh_database_url(DATABASES[-1])
     env = {"PROCPLAT_DASK_ADDRESS": dask.address,
            "PROCPLAT_MAX_CONCURRENT_BULK_DOWNLOADS_PER_USER": "4",
@@ -55,7 +65,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     finally:
         for replica in fleet.replicas:
             replica.kill()
-        dask.stop()
 
 
 def _on(replica: ServiceProcess, user: httpx.Client) -> httpx.Client:

@@ -4,8 +4,8 @@ sweeper that expires artifacts and old tasks.
 
 Of all the processes on one index exactly one supervises: the holder of the supervisor lease
 (:mod:`procplat.index.lease`). Every process with the ``all`` or ``supervisor`` role keeps a
-Dask client and tries to take the lease every :data:`LEASE_INTERVAL`; the holder hands new
-tasks to the cluster (its own at once, other replicas' from the index), turns worker events
+Dask client and tries to take the lease every second (the lease's ``CHECK_INTERVAL``); the
+holder hands new tasks to the cluster (its own at once, other replicas' from the index), turns worker events
 and outcomes into index writes, stops tasks cancelled in the index, recovers and sweeps. A
 process that takes over re-attaches the attempts the cluster still runs and replays what the
 scheduler's event log holds that its predecessor had not written (log lines carry their
@@ -39,7 +39,7 @@ from procplat.engine.engine import Engine, outcome_from
 from procplat.engine.job import Job, Outcome
 from procplat.index import queries as q
 from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
-from procplat.index.lease import lease_for
+from procplat.index.lease import CHECK_INTERVAL, lease_for
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
 from tools.safepath import SERVICE_FOLDER
@@ -61,7 +61,6 @@ INDEX_RETRY_FIRST_DELAY = 0.5  # back-off while the index is unavailable: doubli
 INDEX_RETRY_MAX_DELAY = 10.0   # this, for as long as it takes
 TRAILING_EVENTS_WAIT = 2.0
 CANCEL_GRACE_SECONDS = 10.0
-LEASE_INTERVAL = 1.0  # how often a replica tries to take the lease, and the holder checks it
 POLL_INTERVAL = 0.25  # how often the supervisor looks for other replicas' submits and cancels
 RUNNING_STATES = ("processing", "waiting", "queued", "no-worker", "memory")
 ROLES = ("all", "api", "supervisor")
@@ -145,8 +144,12 @@ class Supervisor:
         if not self.uses_dask:
             return
         await self.engine.start()
+        loop = asyncio.get_running_loop()
+        self.lease.on_lost = lambda: loop.call_soon_threadsafe(self._lease_lost)
         if await anyio.to_thread.run_sync(self.lease.try_acquire):
-            await self._lead()  # the embedded default: supervising before the first request
+            # supervising before the first request (the embedded default); no grace: a
+            # holder whose lease went learnt it when the index ended the lease's session
+            await self._take_over(grace=0.0)
         self._elector = asyncio.create_task(self._elect_forever())
 
     async def close(self) -> None:
@@ -171,31 +174,70 @@ class Supervisor:
 
     async def _elect_forever(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_INTERVAL)
-            try:
-                if not self.leading:
-                    if await anyio.to_thread.run_sync(self.lease.try_acquire):
-                        await self._lead()
-                elif not await anyio.to_thread.run_sync(self.lease.still_held):
-                    if not await anyio.to_thread.run_sync(self.lease.try_acquire):
-                        self._step_down()
-            except (SQLAlchemyError, OSError) as exc:  # the index is unreachable: next time
-                log.warning("supervisor lease: %s", exc)
+            await asyncio.sleep(CHECK_INTERVAL)
+            if not self.leading:
+                try:
+                    acquired = await anyio.to_thread.run_sync(self.lease.try_acquire)
+                except (SQLAlchemyError, OSError) as exc:  # the index is unreachable: next time
+                    log.warning("supervisor lease: %s", exc)
+                    continue
+                if acquired:
+                    await self._take_over(grace=self.lease.takeover_grace)
+            elif not await self._holds_lease():
+                self._step_down()
+
+    def _lease_lost(self) -> None:
+        """The lease went with its session (the index restarted, say): once the index
+        answers, another process may take it, so stop now, writes in flight included;
+        whoever holds the lease next recovers the tasks."""
+        if self.leading and not self._closing:
+            self._step_down()
+
+    async def _holds_lease(self) -> bool:
+        """Whether this process still holds the lease, or has it again (False when the index
+        cannot say)."""
+        if await anyio.to_thread.run_sync(self.lease.still_held):
+            return True
+        try:
+            return bool(await anyio.to_thread.run_sync(self.lease.try_acquire))
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("supervisor lease: %s", exc)
+            return False
+
+    async def _take_over(self, *, grace: float) -> None:
+        """Lead, after ``grace`` seconds (a previous holder that lost the lease without
+        dying has stopped by then)."""
+        if grace:
+            await asyncio.sleep(grace)
+            if not await self._holds_lease():
+                return
+        try:
+            await self._lead()
+        except INDEX_UNAVAILABLE as exc:  # the index went away while recovering: next time
+            log.warning("supervisor lease: recovering failed: %s", exc)
+            self._step_down()
+            await anyio.to_thread.run_sync(self.lease.release)
 
     async def _lead(self) -> None:
         self.leading = True
         log.info("this process (%s) is the supervisor", self.name)
         await self.recover()
+        if not self.leading:  # the lease went meanwhile
+            return
         self._duties = [asyncio.create_task(self._sweep_forever()),
                         asyncio.create_task(self._poll_forever())]
 
     def _step_down(self) -> None:
-        """Another process holds the lease now: stop following tasks (it does)."""
+        """The lease is gone: stop following tasks and writing to the index (the next holder
+        follows them)."""
         log.warning("this process (%s) lost the supervisor lease", self.name)
         self.leading = False
-        for task in self._duties:
+        for task in [*self._duties, *self._background]:
             task.cancel()
         self._duties = []
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         self.engine.forget_all()
         for state in (self._pending, self._attempts, self._received, self._last_line):
             state.clear()
@@ -362,7 +404,8 @@ class Supervisor:
             attempt = task.attempts + 1 if ran else max(1, task.attempts)
             if attempt > max_attempts:
                 self._finish_row(s, task, "Failed",
-                                 error=f"gave up after {task.attempts} attempts: {reason}")
+                                 error=f"gave up after {task.attempts} attempts "
+                                       f"(MaxTaskAttempts is {max_attempts}): {reason}")
                 self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
                 return
             self._append_lines(s, task, [log_line(

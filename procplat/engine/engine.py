@@ -29,6 +29,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import dask.config
+from dask.utils import parse_timedelta
 from distributed import Client, Event, Future, LocalCluster, fire_and_forget, span
 
 from procplat.engine.job import (
@@ -93,7 +95,10 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         if self._address:
-            self.client = await self._new_client(timeout=30.0)
+            # how long the client reconnects by itself before giving up (and a new one is
+            # made): Dask's connect timeout, 30 s unless its configuration says otherwise
+            self.client = await self._new_client(timeout=parse_timedelta(
+                dask.config.get("distributed.comm.timeouts.connect"), "s"))
         else:
             self._cluster = await LocalCluster(
                 n_workers=self._n_workers or os.cpu_count() or 1,

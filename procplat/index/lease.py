@@ -7,6 +7,13 @@ an exclusive ``flock`` on a file beside the database, with the holder's name wri
 the kernel drops it when the process dies. Both work between processes; neither needs a
 clock or a heartbeat row, and a holder checks it still holds the lease with
 :meth:`Lease.still_held`.
+
+A PostgreSQL lock also goes when the index restarts (or the session is ended) while its holder
+lives. A thread watches the lease's idle connection, on which the server speaks only to end
+the session, and calls :attr:`Lease.on_lost` the moment it does: before the server can take a
+new holder. A process that takes the lease from a running one (not at its own start) waits
+:attr:`Lease.takeover_grace` before acting besides, so two processes never supervise at once.
+A ``flock`` goes only with its process: no grace.
 """
 
 from __future__ import annotations
@@ -14,17 +21,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
 SUPERVISOR_LOCK_KEY = 0x73757076  # "supv": below 2**31, so pg_locks shows it as objid
 APPLICATION_PREFIX = "procplat supervisor "
+CHECK_INTERVAL = 1.0  # how often a holder checks it still holds the lease (and others try it)
 
 
 class Lease(Protocol):
+    on_lost: Callable[[], None] | None  # called (from any thread) when a held lease goes
+
+    @property
+    def takeover_grace(self) -> float:
+        """Seconds a process taking the lease from a running one waits before acting: a
+        previous holder that lost the lease without dying has stopped by then."""
+        ...
+
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; whether this process holds it now."""
         ...
@@ -39,16 +58,20 @@ class Lease(Protocol):
 
 
 class PostgresLease:
+    takeover_grace = 2 * CHECK_INTERVAL
+
     def __init__(self, url: str, name: str) -> None:
         self.name = name
+        self.on_lost: Callable[[], None] | None = None
         application = (APPLICATION_PREFIX + name)[:63]
         self._engine = create_engine(url, poolclass=NullPool,
                                      connect_args={"application_name": application})
         self._conn: Connection | None = None
+        self._lost = threading.Event()  # of the connection held now
 
     def try_acquire(self) -> bool:
-        if self._conn is not None:
-            return self.still_held()
+        if self.still_held():
+            return True
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
@@ -58,19 +81,40 @@ class PostgresLease:
             raise
         if got:
             self._conn = conn
+            self._lost = threading.Event()
+            threading.Thread(target=self._watch, args=(conn.connection.dbapi_connection,
+                                                       self._lost),
+                             name="procplat-lease-watch", daemon=True).start()
         else:
             conn.close()
         return got
 
+    def _watch(self, raw: Any, lost: threading.Event) -> None:
+        """Wait for the server to end the lease's session (it sends nothing else on an idle
+        connection, bar a rare parameter change), then report the lease lost."""
+        from psycopg.pq import ConnStatus  # PostgreSQL's driver is an optional dependency
+
+        fd = raw.fileno()
+        while not lost.is_set():
+            readable, _, _ = select.select([fd], [], [], CHECK_INTERVAL)
+            if lost.is_set():
+                return  # released meanwhile
+            if not readable:
+                continue
+            try:
+                raw.pgconn.consume_input()
+                ended = raw.pgconn.status != ConnStatus.OK
+            except Exception:
+                ended = True
+            if ended:
+                lost.set()
+                if self.on_lost is not None:
+                    self.on_lost()
+
     def still_held(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            self._conn.execute(text("SELECT 1"))
-            return True
-        except Exception:  # the database went away, and the lock with the session
-            self._drop()
-            return False
+        if self._conn is not None and self._lost.is_set():
+            self._drop()  # the session ended, and the lock with it
+        return self._conn is not None
 
     def holder(self) -> str | None:
         with self._engine.connect() as conn:
@@ -87,14 +131,11 @@ class PostgresLease:
         return str(application).removeprefix(APPLICATION_PREFIX)
 
     def release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"),
-                                   {"k": SUPERVISOR_LOCK_KEY})
-            self._drop()
+        self._drop()  # the session's end releases its lock
         self._engine.dispose()
 
     def _drop(self) -> None:
+        self._lost.set()  # the watcher stops
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -104,6 +145,9 @@ class PostgresLease:
 class FileLease:
     """An exclusive ``flock`` on ``path`` (per open file, so it also excludes a second
     service in the same process), holding the holder's name."""
+
+    takeover_grace = 0.0
+    on_lost: Callable[[], None] | None = None  # never called: the lock goes with its process
 
     def __init__(self, path: Path, name: str) -> None:
         self.path = path
