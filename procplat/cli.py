@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from procplat.db_commands import add_db_commands
+from procplat.states import TaskState
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
@@ -526,8 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _ds(q)
     q.add_argument("--tool", help="only this tool")
-    q.add_argument("--state", help="only this state (Created, Enqueued, Scheduled, Processing, "
-                   "Succeeded, Failed, Deleted)")
+    q.add_argument("--state", help=f"only this state ({', '.join(TaskState)})")
     q.add_argument("--skip", type=int, default=0)
     q.add_argument("--take", type=int, default=50, help="at most this many (1..200)")
     _json_flag(q)

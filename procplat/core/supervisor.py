@@ -42,6 +42,7 @@ from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
 from procplat.index.lease import lease_for
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
+from procplat.states import TaskState
 from tools.safepath import SERVICE_FOLDER
 from tools.staging import STAGING_NAME
 
@@ -285,7 +286,7 @@ class Supervisor:
     def _job_of(self, task_id: str) -> Job | None:
         with self.db.read() as s:
             task = q.get_task(s, task_id)
-            if task is None or not task.active or task.state != "Created":
+            if task is None or not task.active or task.state != TaskState.CREATED:
                 return None
             return self._job(s, task, max(1, task.attempts))
 
@@ -317,7 +318,7 @@ class Supervisor:
                 self.engine.attach(job)
             elif isinstance(ended.get((task.id, job.attempt)), dict):
                 log.info("task %s ended while no supervisor listened", task.id)
-            elif task.state == "Created":
+            elif task.state == TaskState.CREATED:
                 continue
             else:
                 await anyio.to_thread.run_sync(self._retry_or_fail, task.id,
@@ -358,10 +359,10 @@ class Supervisor:
             task = q.get_task(s, task_id, for_update=True)
             if task is None or not task.active:
                 return
-            ran = task.state == "Processing"
+            ran = task.state == TaskState.PROCESSING
             attempt = task.attempts + 1 if ran else max(1, task.attempts)
             if attempt > max_attempts:
-                self._finish_row(s, task, "Failed",
+                self._finish_row(s, task, TaskState.FAILED,
                                  error=f"gave up after {task.attempts} attempts: {reason}")
                 self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
                 return
@@ -369,7 +370,7 @@ class Supervisor:
                 f"{reason}; starting attempt {attempt} of {max_attempts}" if ran
                 else f"{reason}; attempt {attempt} queued again")])
             task.attempts = attempt
-            task.state = "Enqueued"
+            task.state = TaskState.ENQUEUED
             task.worker_lines = 0
             job = self._job(s, task, attempt)
         self._enqueue(job)
@@ -448,10 +449,11 @@ class Supervisor:
     def _apply(self, s: Any, task: Task, pending: Pending) -> None:
         if pending.enqueued and task.active:
             task.attempts = max(task.attempts, pending.attempt)
-            if task.state == "Created":
-                task.state = "Enqueued"
-        if pending.started and task.active and task.state in ("Created", "Enqueued", "Scheduled"):
-            task.state = "Processing"
+            if task.state == TaskState.CREATED:
+                task.state = TaskState.ENQUEUED
+        if pending.started and task.active and task.state in (
+                TaskState.CREATED, TaskState.ENQUEUED, TaskState.SCHEDULED):
+            task.state = TaskState.PROCESSING
             task.started_at = task.started_at or utcnow()
         if pending.has_progress and task.active:
             phase_changed = pending.phase is not None and pending.phase != task.progress_phase
@@ -577,11 +579,11 @@ class Supervisor:
                     ))
                 task.progress_percent = 100
                 task.result = outcome.summary
-                self._finish_row(s, task, "Succeeded")
+                self._finish_row(s, task, TaskState.SUCCEEDED)
             elif outcome.cancelled:
-                self._finish_row(s, task, "Deleted", error="cancelled")
+                self._finish_row(s, task, TaskState.DELETED, error="cancelled")
             else:
-                self._finish_row(s, task, "Failed", error=outcome.error or "failed")
+                self._finish_row(s, task, TaskState.FAILED, error=outcome.error or "failed")
         _log_outcome(outcome, tool_id)
         return outcome.cancelled
 
@@ -617,7 +619,7 @@ class Supervisor:
         return found
 
     @staticmethod
-    def _finish_row(s: Any, task: Task, state: str, *, error: str | None = None) -> None:
+    def _finish_row(s: Any, task: Task, state: TaskState, *, error: str | None = None) -> None:
         task.state = state
         task.active = False
         task.finished_at = utcnow()
@@ -679,11 +681,13 @@ class Supervisor:
             if task is None:
                 return False, False, ""
             was_active = task.active
-            started = task.state == "Processing" or task_id in self._pending and self._pending[task_id].started
-            if task.state == "Deleted":
+            started = task.state == TaskState.PROCESSING or (
+                task_id in self._pending and self._pending[task_id].started)
+            if task.state == TaskState.DELETED:
                 return False, False, task.tool_id
             self._append_lines(s, task, [log_line(f"Cancelled by {by}")])
-            self._finish_row(s, task, "Deleted", error=f"cancelled by {by}" if was_active else task.error)
+            self._finish_row(s, task, TaskState.DELETED,
+                             error=f"cancelled by {by}" if was_active else task.error)
             artifact = q.get_artifact(s, task_id)
             if artifact is not None:
                 artifact.expired = True

@@ -7,6 +7,7 @@ from typing import Any
 
 from procplat.core.datasets import iso
 from procplat.index.models import Artifact, Task
+from procplat.states import TaskState
 
 LOG_TAIL_LINES = 20
 
@@ -56,7 +57,7 @@ def task_json(
         "attempts": task.attempts,
         "logCursor": task.log_cursor,
         "logTail": log_tail,
-        "artifact": artifact_json(artifact, result_url, now) if task.state == "Succeeded" else None,
+        "artifact": artifact_json(artifact, result_url, now) if task.state == TaskState.SUCCEEDED else None,
         "error": task.error,
         "result": task.result,
         "statusUrl": status_url,

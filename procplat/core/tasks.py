@@ -33,12 +33,8 @@ from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
+from procplat.states import TaskState
 
-STATES = [
-    ("Created", False), ("Enqueued", False), ("Scheduled", False), ("Processing", False),
-    ("Succeeded", True), ("Failed", True), ("Deleted", True),
-]
-STATE_NAMES = {name for name, _ in STATES}
 BULK_DOWNLOAD_TOOLS = {"bulk-download"}
 TASK_ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 
@@ -167,7 +163,7 @@ class Tasks:
                 id=str(uuid.uuid4()), dataset_id=ref.dataset_id, org_id=ref.org_id,
                 user_id=user.user_id, tool_id=tool.spec.id, version=tool.spec.version,
                 params=params, path=params.get("path") if isinstance(params.get("path"), str) else None,
-                request_hash=digest, state="Created", active=True, attempts=1,
+                request_hash=digest, state=TaskState.CREATED, active=True, attempts=1,
                 estimated_output_bytes=estimated, created_at=now,
             )
             s.add(task)
@@ -255,8 +251,8 @@ class Tasks:
 
     @staticmethod
     def _check_state(state: str | None) -> None:
-        if state and state not in STATE_NAMES:
-            raise BadRequest(f"unknown state '{state}' (known: {', '.join(n for n, _ in STATES)})")
+        if state and state not in tuple(TaskState):
+            raise BadRequest(f"unknown state '{state}' (known: {', '.join(TaskState)})")
 
     def artifact_file(
         self, caller: Principal | None, org: str, ds: str, task_id: str
@@ -265,7 +261,7 @@ class Tasks:
         with self.db.read() as s:
             task = self._task_in(s, ref, task_id)
             artifact = q.get_artifact(s, task.id)
-            if task.state != "Succeeded" or artifact is None:
+            if task.state != TaskState.SUCCEEDED or artifact is None:
                 raise NotFound(f"task '{task_id}' has no artifact (state {task.state})")
         if artifact.expired or artifact.expires_at <= utcnow():
             raise Gone(f"the artifact of task '{task_id}' has expired")
@@ -300,7 +296,7 @@ class Tasks:
         from procplat import __version__
 
         return {
-            "taskStates": [{"value": n, "terminal": t} for n, t in STATES],
+            "taskStates": [{"value": state.value, "terminal": state.terminal} for state in TaskState],
             "taskTools": sorted({t.spec.id for t in self.registry.all()}),
             "version": __version__,
             "dedupEnabled": self.settings.dedup_enabled,
