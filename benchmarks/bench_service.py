@@ -248,7 +248,7 @@ def install_phase_marks() -> None:
         result = await original_submit(self, *args, **kwargs)
         marks["submit.end"] = time.time()
         if result.created:
-            MARKS[result.body["taskId"]].update(marks)
+            MARKS[result.task_id].update(marks)
         return result
 
     Tasks.submit = submit  # type: ignore[method-assign]

@@ -46,9 +46,14 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from procplat.db_commands import add_db_commands
+from procplat.db_commands import Subcommands, add_db_commands
+from procplat.states import TaskState
+
+if TYPE_CHECKING:  # imported where used: most commands need neither the client nor the service
+    from procplat.client import Client, Task
+    from procplat.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_HTTP = 0, 1, 2, 3
@@ -115,7 +120,7 @@ def token_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _index_name(settings: Any) -> str:
+def _index_name(settings: Settings) -> str:
     if settings.database_url is None:
         return str(settings.sqlite_path.resolve())
     from sqlalchemy.engine import make_url
@@ -168,7 +173,7 @@ class UsageError(Exception):
 # --- client commands -----------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> Client:
     from procplat.client import Client
 
     return Client(args.url, args.token or None, timeout=args.http_timeout)
@@ -223,7 +228,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _wait_and_download(task, args)
 
 
-def _wait_and_download(task: Any, args: argparse.Namespace) -> int:
+def _wait_and_download(task: Task, args: argparse.Namespace) -> int:
     from procplat.client import TaskError
 
     try:
@@ -274,7 +279,7 @@ def resolve_task_id(given: str, matches: list[str], *, more: bool = False) -> st
     raise UsageError(f"task id prefix '{given}' is ambiguous; it starts these:\n  {listed}")
 
 
-def _task(client: Any, args: argparse.Namespace) -> Any:
+def _task(client: Client, args: argparse.Namespace) -> Task:
     """The task handle of ``TASK``: a whole id as given, a prefix resolved by the service's
     ``taskId`` filter on the dataset's task list."""
     dataset = client.dataset(args.ds)
@@ -401,7 +406,7 @@ def _connection_options() -> argparse.ArgumentParser:
 
 
 def _add(
-    commands: Any, name: str, parents: list[argparse.ArgumentParser], help: str,
+    commands: Subcommands, name: str, parents: list[argparse.ArgumentParser], help: str,
     description: str, example: str,
 ) -> argparse.ArgumentParser:
     return commands.add_parser(
@@ -526,8 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _ds(q)
     q.add_argument("--tool", help="only this tool")
-    q.add_argument("--state", help="only this state (Created, Enqueued, Scheduled, Processing, "
-                   "Succeeded, Failed, Deleted)")
+    q.add_argument("--state", help=f"only this state ({', '.join(TaskState)})")
     q.add_argument("--skip", type=int, default=0)
     q.add_argument("--take", type=int, default=50, help="at most this many (1..200)")
     _json_flag(q)

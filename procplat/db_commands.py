@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import Any
+from typing import TypeAlias
 
 EXIT_OK, EXIT_BEHIND, EXIT_ERROR = 0, 1, 3
+# what ``ArgumentParser.add_subparsers()`` returns: commands are added to it
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _url() -> str:
@@ -68,7 +70,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     return EXIT_BEHIND
 
 
-def _parser(commands: Any, name: str, help: str, description: str, example: str,
+def _parser(commands: Subcommands, name: str, help: str, description: str, example: str,
             ) -> argparse.ArgumentParser:
     return commands.add_parser(
         name, help=help, description=textwrap.fill(description, 78),
@@ -76,7 +78,7 @@ def _parser(commands: Any, name: str, help: str, description: str, example: str,
     )
 
 
-def add_db_commands(commands: Any) -> None:
+def add_db_commands(commands: Subcommands) -> None:
     """Register ``procplat db upgrade|current`` on the top-level subparsers."""
     settings = ("Reads the settings procplat serve reads (PROCPLAT_DATA, PROCPLAT_DATABASE_URL, "
                 "PROCPLAT_CONFIG).")

@@ -1,5 +1,5 @@
-"""The Starlette application: builds the index, registry, datasets, supervisor and task
-services on start-up and wires the routes."""
+"""The Starlette application: builds the index, registry, datasets, artifacts, supervisor
+and task services on start-up and wires the routes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 
 from procplat.api import platform_routes, system_routes, task_routes
 from procplat.api.http import EXCEPTION_HANDLERS, RejectNulInUrl
+from procplat.core.artifacts import Artifacts
 from procplat.core.auth import ensure_admin
 from procplat.core.datasets import Datasets
 from procplat.core.registry import Registry
@@ -40,15 +41,17 @@ def create_app(
         ensure_admin(db, settings.admin_token)
         registry = Registry()
         datasets = Datasets(db, settings.datasets_dir)
+        artifacts = Artifacts(settings=settings, db=db)
         supervisor = Supervisor(settings=settings, db=db, registry=registry, datasets=datasets,
-                                role=role)
+                                artifacts=artifacts, role=role)
         await supervisor.start()
         app.state.settings = settings
         app.state.db = db
         app.state.datasets = datasets
         app.state.supervisor = supervisor
         app.state.tasks = Tasks(
-            settings=settings, db=db, registry=registry, datasets=datasets, supervisor=supervisor
+            settings=settings, db=db, registry=registry, datasets=datasets, artifacts=artifacts,
+            supervisor=supervisor,
         )
         app.state.principal_cache = {}
         log.info("procplat ready; Dask dashboard: %s", supervisor.dashboard_link)

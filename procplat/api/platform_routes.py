@@ -16,6 +16,14 @@ from procplat.api.http import (
     query_bool,
     read_json_object,
 )
+from procplat.api.views import (
+    created_org_json,
+    dataset_json,
+    entry_json,
+    member_json,
+    org_json,
+    page_json,
+)
 from procplat.core import auth
 from procplat.core.datasets import Datasets, user_path
 from procplat.errors import BadRequest, NotFound, PayloadTooLarge
@@ -45,19 +53,19 @@ async def create_org(request: Request) -> Response:
     body = await read_json_object(request)
     who = await caller_async(request)
     org = await run_in_threadpool(_datasets(request).create_org, who, body.get("slug"), body.get("name"))
-    return json_response(org, 201)
+    return json_response(created_org_json(org), 201)
 
 
 def list_orgs(request: Request) -> Response:
-    return json_response(_datasets(request).list_orgs(
-        caller(request), query(request, "skip"), query(request, "take")
-    ))
+    page = _datasets(request).list_orgs(caller(request), query(request, "skip"), query(request, "take"))
+    return json_response(page_json(page, org_json))
 
 
 def list_datasets(request: Request) -> Response:
-    return json_response(_datasets(request).list_datasets(
+    page = _datasets(request).list_datasets(
         caller(request), request.path_params["org"], query(request, "skip"), query(request, "take")
-    ))
+    )
+    return json_response(page_json(page, dataset_json))
 
 
 async def add_member(request: Request) -> Response:
@@ -66,7 +74,7 @@ async def add_member(request: Request) -> Response:
     member = await run_in_threadpool(
         _datasets(request).add_member, who, request.path_params["org"], body.get("username")
     )
-    return json_response(member, 201)
+    return json_response(member_json(member), 201)
 
 
 async def create_dataset(request: Request) -> Response:
@@ -76,12 +84,12 @@ async def create_dataset(request: Request) -> Response:
         _datasets(request).create_dataset, who, request.path_params["org"], body.get("slug"),
         body.get("visibility"),
     )
-    return json_response(ref.describe(), 201)
+    return json_response(dataset_json(ref), 201)
 
 
 def get_dataset(request: Request) -> Response:
     ref = _datasets(request).open(caller(request), *_slugs(request))
-    return json_response(ref.describe())
+    return json_response(dataset_json(ref))
 
 
 async def put_file(request: Request) -> Response:
@@ -93,7 +101,7 @@ async def put_file(request: Request) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
     entry, created = await datasets.upload(ref, request.path_params["path"], request.stream(), limit)
-    return json_response(entry, 201 if created else 200)
+    return json_response(entry_json(entry), 201 if created else 200)
 
 
 def get_file(request: Request) -> Response:
@@ -117,7 +125,7 @@ def list_entries(request: Request) -> Response:
     entries = datasets.entries(
         ref, query(request, "path"), query(request, "type"), query_bool(request, "recursive")
     )
-    return json_response(entries)
+    return json_response([entry_json(entry) for entry in entries])
 
 
 def get_entry(request: Request) -> Response:
@@ -127,7 +135,7 @@ def get_entry(request: Request) -> Response:
     found = datasets.entry(ref, rel)
     if found is None:
         raise NotFound(f"entry '{rel}' not found")
-    return json_response(found)
+    return json_response(entry_json(found))
 
 
 def download_zip(request: Request) -> Response:

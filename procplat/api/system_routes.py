@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from procplat.api.http import caller, json_response, query
 from procplat.api.openapi import openapi_document
+from procplat.api.views import features_json, page_json, task_json
 
 
 async def health(request: Request) -> Response:
@@ -42,14 +43,15 @@ async def health(request: Request) -> Response:
 
 
 def features(request: Request) -> Response:
-    return json_response(request.app.state.tasks.features())
+    return json_response(features_json(request.app.state.tasks.features()))
 
 
 def admin_tasks(request: Request) -> Response:
-    return json_response(request.app.state.tasks.list_all(
+    page = request.app.state.tasks.list_all(
         caller(request), query(request, "toolId"), query(request, "state"),
         query(request, "userId"), query(request, "skip"), query(request, "take"),
-    ))
+    )
+    return json_response(page_json(page, task_json))
 
 
 def openapi(request: Request) -> Response:

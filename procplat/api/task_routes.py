@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from procplat.api.file_response import file_response
 from procplat.api.http import caller, caller_async, json_response, query, read_json
+from procplat.api.views import log_json, submitted_json, task_json, tool_json
 from procplat.core.tasks import Tasks
 
 BASE = "/orgs/{org}/ds/{ds}/tasks"
@@ -25,7 +26,7 @@ def _where(request: Request) -> tuple[str, str]:
 def list_tools(request: Request) -> Response:
     tasks = _tasks(request)
     tasks.datasets.open(caller(request), *_where(request))
-    return json_response([t.describe() for t in tasks.registry.all()])
+    return json_response([tool_json(t.spec) for t in tasks.registry.all()])
 
 
 async def submit(request: Request) -> Response:
@@ -33,27 +34,29 @@ async def submit(request: Request) -> Response:
     who = await caller_async(request)
     submitted = await _tasks(request).submit(who, *_where(request), body)
     if submitted.created:
-        return json_response(submitted.body, 202, headers={"Location": submitted.body["statusUrl"]})
-    return json_response(submitted.body, 200)
+        return json_response(submitted_json(submitted), 202,
+                             headers={"Location": submitted.status_url})
+    return json_response(submitted_json(submitted), 200)
 
 
 def list_tasks(request: Request) -> Response:
-    return json_response(_tasks(request).list(
+    listed = _tasks(request).list(
         caller(request), *_where(request), query(request, "toolId"), query(request, "state"),
         query(request, "skip"), query(request, "take"), query(request, "taskId"),
-    ))
+    )
+    return json_response([task_json(task) for task in listed])
 
 
 def task_status(request: Request) -> Response:
-    return json_response(
+    return json_response(task_json(
         _tasks(request).status(caller(request), *_where(request), request.path_params["task"])
-    )
+    ))
 
 
 def task_log(request: Request) -> Response:
-    return json_response(_tasks(request).log(
+    return json_response(log_json(_tasks(request).log(
         caller(request), *_where(request), request.path_params["task"], query(request, "since")
-    ))
+    )))
 
 
 def task_result(request: Request) -> Response:
@@ -67,14 +70,15 @@ def task_result(request: Request) -> Response:
 
 async def cancel_task(request: Request) -> Response:
     who = await caller_async(request)
-    return json_response(
+    return json_response(task_json(
         await _tasks(request).cancel(who, *_where(request), request.path_params["task"])
-    )
+    ))
 
 
 async def clear_tasks(request: Request) -> Response:
     who = await caller_async(request)
-    return json_response(await _tasks(request).clear(who, *_where(request), query(request, "toolId")))
+    cleared = await _tasks(request).clear(who, *_where(request), query(request, "toolId"))
+    return json_response({"cleared": cleared})
 
 
 ROUTES = [

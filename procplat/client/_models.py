@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Deleted"})
+from procplat.states import TERMINAL
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +141,7 @@ class TaskStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state in TERMINAL
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> TaskStatus:

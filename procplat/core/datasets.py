@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 import anyio
+from sqlalchemy.orm import Session
 
 from procplat.core.auth import Principal, require_user
-from procplat.core.paging import clamp_take, page
+from procplat.core.paging import clamp_take
 from procplat.core.placement import (
     FileFacts,
     FileVersion,
@@ -28,11 +29,11 @@ from procplat.core.placement import (
     stage_upload,
     version_of,
 )
+from procplat.core.views import EntryView, MemberView, OrgView, Page, entry_view
 from procplat.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
-from procplat.index.models import Entry, EntryBuild
-from tools.build import BUILDABLE_TYPES
+from procplat.index.models import Dataset, Entry, EntryBuild, Org
 from tools.contract import BuildState, EntryUpdate, IndexedEntry, InvalidParams
 from tools.detect import ENTRY_TYPES
 from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
@@ -41,6 +42,7 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VISIBILITIES = ("private", "public")
 _MEASURE_ATTEMPTS = 3  # tries to index a changing file from outside the lock
 _LOCKS_PER_TRANSACTION = 200  # paths locked at once by a batch of index changes
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,19 +72,6 @@ class DatasetRef:
     def tmp_dir(self) -> Path:
         return self.root / SERVICE_FOLDER / "tmp"
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "org": self.org_slug,
-            "slug": self.slug,
-            "visibility": self.visibility,
-            "createdAt": iso(self.created_at),
-            "canWrite": self.can_write,
-        }
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def check_slug(value: object, what: str) -> str:
     if not isinstance(value, str) or not SLUG.match(value):
@@ -98,35 +87,7 @@ def user_path(path: str, *, allow_root: bool = False) -> str:
         raise BadRequest(str(exc)) from None
 
 
-def entry_json(entry: Entry, build: EntryBuild | None = None) -> dict[str, Any]:
-    return {
-        "path": entry.path,
-        "type": entry.type,
-        "size": entry.size,
-        "hash": entry.hash,
-        "mtime": iso(entry.mtime),
-        "properties": entry.properties or {},
-        "build": build_json(entry, build),
-    }
-
-
-def build_json(entry: Entry, build: EntryBuild | None) -> dict[str, Any] | None:
-    """An entry's build state: None for types that have no build; ``missing`` (never built),
-    ``stale`` (built from another version), ``built``, ``pending`` or ``failed``."""
-    if entry.type not in BUILDABLE_TYPES:
-        return None
-    if build is None:
-        return {"state": "missing"}
-    state = build.state if build.hash == entry.hash else "stale"
-    found: dict[str, Any] = {"state": state, "hash": build.hash, "outputs": build.outputs or []}
-    if build.missing:
-        found["missing"] = build.missing
-    if build.error:
-        found["error"] = build.error
-    return found
-
-
-def _member(s: Any, caller: Principal | None, org: Any) -> bool:
+def _member(s: Session, caller: Principal | None, org: Org) -> bool:
     """Whether the caller may see all of the org's datasets and write to them."""
     return caller is not None and (
         caller.is_admin or org.owner_id == caller.user_id or q.is_member(s, org.id, caller.user_id)
@@ -152,7 +113,7 @@ class Datasets:
         self._prepared: set[int] = set()  # datasets whose folders exist
 
     # orgs and datasets --------------------------------------------------------------------
-    def create_org(self, caller: Principal | None, slug: object, name: object) -> dict[str, Any]:
+    def create_org(self, caller: Principal | None, slug: object, name: object) -> OrgView:
         user = require_user(caller)
         slug = check_slug(slug, "slug")
         if name is not None and not isinstance(name, str):
@@ -162,9 +123,10 @@ class Datasets:
                 raise Conflict(f"org '{slug}' already exists")
             org = q.add_org(s, slug, (name or slug)[:200], user.user_id, utcnow())
             q.add_member(s, org.id, user.user_id)
-        return {"slug": slug, "name": name or slug, "owner": user.username}
+            created_at = org.created_at
+        return OrgView(slug=slug, name=name or slug, owner=user.username, created_at=created_at)
 
-    def add_member(self, caller: Principal | None, org_slug: str, username: object) -> dict[str, Any]:
+    def add_member(self, caller: Principal | None, org_slug: str, username: object) -> MemberView:
         user = require_user(caller)
         if not isinstance(username, str):
             raise BadRequest("username must be a string")
@@ -180,7 +142,7 @@ class Datasets:
             if member is None:
                 raise BadRequest(f"user '{username}' does not exist")
             q.add_member(s, org.id, member.id)
-        return {"org": org_slug, "username": username}
+        return MemberView(org=org_slug, username=username)
 
     def create_dataset(
         self, caller: Principal | None, org_slug: str, slug: object, visibility: object
@@ -203,7 +165,7 @@ class Datasets:
         (ref.root / SERVICE_FOLDER / "tmp").mkdir(parents=True, exist_ok=True)
         return ref
 
-    def _ref(self, org: Any, ds: Any, *, can_write: bool) -> DatasetRef:
+    def _ref(self, org: Org, ds: Dataset, *, can_write: bool) -> DatasetRef:
         return DatasetRef(
             org_id=org.id,
             org_slug=org.slug,
@@ -216,12 +178,10 @@ class Datasets:
             can_write=can_write,
         )
 
-    def ref_of(self, s: Any, dataset_id: int, *, can_write: bool = True) -> DatasetRef:
+    def ref_of(self, s: Session, dataset_id: int, *, can_write: bool = True) -> DatasetRef:
         """The dataset with this id, for the service's own use (no access check)."""
-        from procplat.index.models import Dataset, Org
-
-        ds = s.get(Dataset, dataset_id)
-        return self._ref(s.get(Org, ds.org_id), ds, can_write=can_write)
+        ds = s.get_one(Dataset, dataset_id)
+        return self._ref(s.get_one(Org, ds.org_id), ds, can_write=can_write)
 
     def open(
         self, caller: Principal | None, org_slug: str, ds_slug: str,
@@ -244,7 +204,9 @@ class Datasets:
             self._prepared.add(ref.dataset_id)
         return ref
 
-    def list_orgs(self, caller: Principal | None, skip: Any, take: Any) -> dict[str, Any]:
+    def list_orgs(
+        self, caller: Principal | None, skip: str | None, take: str | None
+    ) -> Page[OrgView]:
         """A page of the orgs the caller may see: those with a public dataset, and the
         caller's own (all of them for an admin)."""
         skip_n, take_n = clamp_take(skip, take)
@@ -253,16 +215,15 @@ class Datasets:
                 s, user_id=caller.user_id if caller else None,
                 everything=caller is not None and caller.is_admin, skip=skip_n, take=take_n,
             )
-            items = [
-                {"slug": org.slug, "name": org.name, "owner": owner,
-                 "createdAt": iso(org.created_at)}
+            items = tuple(
+                OrgView(slug=org.slug, name=org.name, owner=owner, created_at=org.created_at)
                 for org, owner in rows
-            ]
-        return page(items, total, skip_n, take_n)
+            )
+        return Page(items=items, total=total, skip=skip_n, take=take_n)
 
     def list_datasets(
-        self, caller: Principal | None, org_slug: str, skip: Any, take: Any
-    ) -> dict[str, Any]:
+        self, caller: Principal | None, org_slug: str, skip: str | None, take: str | None
+    ) -> Page[DatasetRef]:
         """A page of an org's datasets the caller may see: all of them for its members (and
         admins), its public ones for everyone else. An org none of whose datasets the caller
         may see is invisible (404), as ``GET /orgs`` does not list it."""
@@ -275,8 +236,8 @@ class Datasets:
             ) if org is not None else ([], 0)
             if org is None or (not member and total == 0):
                 raise NotFound(_not_found(f"org '{org_slug}'", caller))
-            items = [self._ref(org, ds, can_write=member).describe() for ds in rows]
-        return page(items, total, skip_n, take_n)
+            items = tuple(self._ref(org, ds, can_write=member) for ds in rows)
+        return Page(items=items, total=total, skip=skip_n, take=take_n)
 
     # files ----------------------------------------------------------------------------------
     # Every change to a file and its entry is one step under the path's lock (see
@@ -290,7 +251,7 @@ class Datasets:
 
     async def upload(
         self, ref: DatasetRef, path: str, body: AsyncIterator[bytes], max_bytes: int
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[EntryView, bool]:
         """Stream ``body`` into ``.ddb/tmp`` (hashed and detected there), then move it into
         place and index it in one step. Returns the entry and whether it is new."""
         rel = user_path(path)
@@ -311,7 +272,7 @@ class Datasets:
             if parent.exists() and not parent.is_dir():
                 raise Conflict(f"'{parent.relative_to(ref.root).as_posix()}' is a file")
 
-    def _place(self, ref: DatasetRef, rel: str, staged: StagedUpload) -> tuple[dict[str, Any], bool]:
+    def _place(self, ref: DatasetRef, rel: str, staged: StagedUpload) -> tuple[EntryView, bool]:
         """Move a staged upload into place and index it, under the path lock."""
         with self.db.write() as s:
             self.db.lock_paths(s, ref.dataset_id, [rel])
@@ -324,8 +285,8 @@ class Datasets:
             return self._record_file(s, ref, rel, staged.facts)
 
     def _record_file(
-        self, s: Any, ref: DatasetRef, rel: str, facts: FileFacts
-    ) -> tuple[dict[str, Any], bool]:
+        self, s: Session, ref: DatasetRef, rel: str, facts: FileFacts
+    ) -> tuple[EntryView, bool]:
         now = utcnow()
         parts = rel.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
@@ -334,7 +295,7 @@ class Datasets:
             s, ref.dataset_id, rel, type=facts.detected.type, size=facts.version.size,
             hash=facts.sha256, mtime=facts.version.mtime, properties=facts.detected.properties,
         )
-        return entry_json(entry, q.build_of(s, ref.dataset_id, rel)), created
+        return entry_view(entry, q.build_of(s, ref.dataset_id, rel)), created
 
     def index_paths(self, ref: DatasetRef, rel_paths: Iterable[str]) -> None:
         """Index files a tool added (as if uploaded); folders are indexed file by file, and a
@@ -413,7 +374,7 @@ class Datasets:
 
     def entries(
         self, ref: DatasetRef, folder: str | None, entry_type: str | None, recursive: bool
-    ) -> list[dict[str, Any]]:
+    ) -> list[EntryView]:
         rel = user_path(folder or "", allow_root=True)
         if rel:
             self.file_path(ref, rel)  # a path the dataset's disk cannot hold is refused (400)
@@ -422,16 +383,16 @@ class Datasets:
         with self.db.read() as s:
             builds = q.builds_under(s, ref.dataset_id, rel)
             return [
-                entry_json(e, builds.get(e.path))
+                entry_view(e, builds.get(e.path))
                 for e in q.list_entries(s, ref.dataset_id, rel, entry_type, recursive)
             ]
 
-    def entry(self, ref: DatasetRef, rel: str) -> dict[str, Any] | None:
+    def entry(self, ref: DatasetRef, rel: str) -> EntryView | None:
         with self.db.read() as s:
             found = q.entry_by_path(s, ref.dataset_id, rel)
             if found is None:
                 return None
-            return entry_json(found, q.build_of(s, ref.dataset_id, rel))
+            return entry_view(found, q.build_of(s, ref.dataset_id, rel))
 
     # what tools see of the index and report back ---------------------------------------------
     def snapshot(self, ref: DatasetRef) -> tuple[IndexedEntry, ...]:
@@ -464,7 +425,7 @@ class Datasets:
         return applied
 
 
-def _batches(items: list[Any]) -> Iterator[list[Any]]:
+def _batches(items: list[T]) -> Iterator[list[T]]:
     """Slices small enough to lock in one transaction (PostgreSQL's lock table is finite)."""
     for start in range(0, len(items), _LOCKS_PER_TRANSACTION):
         yield items[start:start + _LOCKS_PER_TRANSACTION]
@@ -477,7 +438,7 @@ def _build_state(build: EntryBuild | None) -> BuildState | None:
                       error=build.error, outputs=tuple(build.outputs or ()))
 
 
-def _apply_update(s: Any, ref: DatasetRef, entry: Entry, update: EntryUpdate) -> None:
+def _apply_update(s: Session, ref: DatasetRef, entry: Entry, update: EntryUpdate) -> None:
     if update.type is not None:
         entry.type = update.type
     if update.properties is not None:

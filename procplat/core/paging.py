@@ -1,10 +1,7 @@
-"""Paging of the list routes: integer query parameters within what SQL takes, ``skip`` and
-``take`` (clamped to 1..:data:`MAX_TAKE`) and the ``{items, total, skip, take}`` page."""
+"""Paging of the list routes: integer query parameters within what SQL takes, and ``skip``
+and ``take`` (clamped to 1..:data:`MAX_TAKE`); a page is :class:`procplat.core.views.Page`."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
 
 from procplat.errors import BadRequest
 
@@ -12,7 +9,7 @@ MAX_TAKE = 200
 SQL_INT_MAX = 2**31 - 1  # numbers from a query meet the index's 32-bit integer columns
 
 
-def int_param(value: Any, name: str, default: int) -> int:
+def int_param(value: str | int | None, name: str, default: int) -> int:
     """A query parameter as an integer within what SQL takes (400 when not an integer)."""
     try:
         number = int(value if value is not None else default)
@@ -21,12 +18,8 @@ def int_param(value: Any, name: str, default: int) -> int:
     return max(-SQL_INT_MAX, min(SQL_INT_MAX, number))
 
 
-def clamp_take(skip: Any, take: Any) -> tuple[int, int]:
+def clamp_take(skip: str | int | None, take: str | int | None) -> tuple[int, int]:
     skip_n = max(0, int_param(skip, "skip", 0))
     take_n = int_param(take, "take", 50)
     return skip_n, min(MAX_TAKE, max(1, take_n))
 
-
-def page(items: Sequence[Any], total: int, skip: int, take: int) -> dict[str, Any]:
-    """One page of a list route, as ``/sys/tasks`` answers it."""
-    return {"items": list(items), "total": total, "skip": skip, "take": take}

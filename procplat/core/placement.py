@@ -11,9 +11,10 @@
   :class:`~procplat.errors.InsufficientStorage`; :func:`move_to_trash` and
   :func:`remove_trash` take a deleted file or folder out of the dataset and then away.
 - :func:`leftovers` finds the upload and trash folders a killed process left in ``.ddb/tmp``
-  (the sweeper removes them): an upload untouched for :data:`UPLOAD_QUIET_SECONDS` (a live
-  upload writes its file all the time), trash moved aside over :data:`TRASH_QUIET_SECONDS` ago
-  (a delete removes it right after its commit).
+  (the artifact sweep, :meth:`procplat.core.artifacts.Artifacts.sweep`, removes them): an
+  upload untouched for :data:`UPLOAD_QUIET_SECONDS` (a live upload writes its file all the
+  time), trash moved aside over :data:`TRASH_QUIET_SECONDS` ago (a delete removes it right
+  after its commit).
 """
 
 from __future__ import annotations

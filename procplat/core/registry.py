@@ -77,18 +77,6 @@ class RegisteredTool:
         assert isinstance(plan, Plan)
         return plan
 
-    def describe(self) -> dict[str, Any]:
-        s = self.spec
-        return {
-            "id": s.id,
-            "version": s.version,
-            "title": s.title,
-            "requiredAccess": s.required_access,
-            "producesArtifact": s.produces_artifact,
-            "resultExtension": s.result_extension,
-            "inputSchema": s.input_schema,
-        }
-
 
 def schema_message(error: ValidationError) -> str:
     """jsonschema's message, but for a value outside an ``enum`` the allowed values as a

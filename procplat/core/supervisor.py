@@ -1,6 +1,6 @@
 """Tasks from the cluster's side: the state machine driven by engine callbacks, progress and
-log lines written to the index in batches, re-queue / re-attach after a restart, and the
-sweeper that expires artifacts and old tasks.
+log lines written to the index in batches, re-queue / re-attach after a restart; while it
+supervises, the process also runs the artifact sweep (:mod:`procplat.core.artifacts`).
 
 Of all the processes on one index exactly one supervises: the holder of the supervisor lease
 (:mod:`procplat.index.lease`). Every process with the ``all`` or ``supervisor`` role keeps a
@@ -16,46 +16,34 @@ its ``end`` event. Replicas with the ``api`` role only read and write the index.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import re
-import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from procplat.core.datasets import Datasets
-from procplat.core.placement import leftovers, remove_trash
+from procplat.core.artifacts import Artifacts
+from procplat.core.datasets import DatasetRef, Datasets
 from procplat.core.registry import Registry
 from procplat.engine.engine import Engine, outcome_from
 from procplat.engine.job import Job, Outcome
 from procplat.index import queries as q
 from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
 from procplat.index.lease import CHECK_INTERVAL, lease_for
-from procplat.index.models import Artifact, Task
+from procplat.index.models import Task
 from procplat.settings import Settings
-from tools.safepath import SERVICE_FOLDER
-from tools.staging import STAGING_NAME
+from procplat.states import TaskState
 
 log = logging.getLogger("procplat.supervisor")
+T = TypeVar("T")
 
-WORK_FOLDER_NAME = re.compile(r"^(?P<task>[0-9a-f-]{36})-\d+$")  # <task id>-<attempt>
-
-
-def _task_of(folder: Path) -> str | None:
-    """The task a work or staging folder belongs to (None: not one of ours)."""
-    for pattern in (WORK_FOLDER_NAME, STAGING_NAME):
-        if (match := pattern.match(folder.name)) is not None:
-            return match.group("task")
-    return None
 START_FLUSH_DELAY = 0.05
 INDEX_RETRY_FIRST_DELAY = 0.5  # back-off while the index is unavailable: doubling up to
 INDEX_RETRY_MAX_DELAY = 10.0   # this, for as long as it takes
@@ -102,7 +90,7 @@ def _log_outcome(outcome: Outcome, tool_id: str) -> None:
 class Supervisor:
     def __init__(
         self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets,
-        role: str = "all",
+        artifacts: Artifacts, role: str = "all",
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
@@ -110,6 +98,7 @@ class Supervisor:
         self.db = db
         self.registry = registry
         self.datasets = datasets
+        self.artifacts = artifacts
         self.role = role
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = lease_for(settings.sqlalchemy_url, self.name, fallback_dir=settings.data)
@@ -224,7 +213,7 @@ class Supervisor:
         await self.recover()
         if not self.leading:  # the lease went meanwhile
             return
-        self._duties = [asyncio.create_task(self._sweep_forever()),
+        self._duties = [asyncio.create_task(self.artifacts.sweep_forever()),
                         asyncio.create_task(self._poll_forever())]
 
     def _step_down(self) -> None:
@@ -243,7 +232,7 @@ class Supervisor:
             state.clear()
         self._cancel_sent.clear()
 
-    async def _write_when_available(self, write: Any, *args: Any) -> Any:
+    async def _write_when_available(self, write: Callable[..., T], *args: object) -> T:
         """Run a blocking index write off the event loop, again and again with back-off for as
         long as the index is unavailable (a write is one transaction, rolled back when the
         connection breaks): what the cluster reported is written late, never lost. Once the
@@ -262,13 +251,15 @@ class Supervisor:
             await asyncio.sleep(delay)
             delay = min(2 * delay, INDEX_RETRY_MAX_DELAY)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # starting attempts ------------------------------------------------------------------------
-    def _job(self, s: Any, task: Task, attempt: int, ref: Any = None) -> Job:
+    def _job(
+        self, s: Session | None, task: Task, attempt: int, ref: DatasetRef | None = None
+    ) -> Job:
         if ref is None or ref.dataset_id != task.dataset_id:
             ref = self.datasets.ref_of(s, task.dataset_id)
         tool = self.registry.get(task.tool_id, task.version)
@@ -284,7 +275,7 @@ class Supervisor:
             entries=self.datasets.snapshot(ref) if tool.spec.reads_index else (),
         )
 
-    def _job_in_session(self, task: Task, ref: Any) -> Job:
+    def _job_in_session(self, task: Task, ref: DatasetRef | None) -> Job:
         with self.db.read() as s:
             return self._job(s, task, 1, ref)
 
@@ -293,7 +284,7 @@ class Supervisor:
         self._received[job.task_id] = 0
         self.engine.enqueue(job)
 
-    async def start_task(self, task: Task, ref: Any = None) -> None:
+    async def start_task(self, task: Task, ref: DatasetRef | None = None) -> None:
         """Hand a freshly created task to the cluster (when this process supervises; else
         the supervisor finds it in the index)."""
         if not self.leading or task.id in self._attempts:
@@ -327,7 +318,7 @@ class Supervisor:
     def _job_of(self, task_id: str) -> Job | None:
         with self.db.read() as s:
             task = q.get_task(s, task_id)
-            if task is None or not task.active or task.state != "Created":
+            if task is None or not task.active or task.state != TaskState.CREATED:
                 return None
             return self._job(s, task, max(1, task.attempts))
 
@@ -359,7 +350,7 @@ class Supervisor:
                 self.engine.attach(job)
             elif isinstance(ended.get((task.id, job.attempt)), dict):
                 log.info("task %s ended while no supervisor listened", task.id)
-            elif task.state == "Created":
+            elif task.state == TaskState.CREATED:
                 continue
             else:
                 await anyio.to_thread.run_sync(self._retry_or_fail, task.id,
@@ -400,10 +391,10 @@ class Supervisor:
             task = q.get_task(s, task_id, for_update=True)
             if task is None or not task.active:
                 return
-            ran = task.state == "Processing"
+            ran = task.state == TaskState.PROCESSING
             attempt = task.attempts + 1 if ran else max(1, task.attempts)
             if attempt > max_attempts:
-                self._finish_row(s, task, "Failed",
+                self._finish_row(s, task, TaskState.FAILED,
                                  error=f"gave up after {task.attempts} attempts "
                                        f"(MaxTaskAttempts is {max_attempts}): {reason}")
                 self._append_lines(s, task, [log_line(f"Failed: {reason}; no attempts left")])
@@ -412,7 +403,7 @@ class Supervisor:
                 f"{reason}; starting attempt {attempt} of {max_attempts}" if ran
                 else f"{reason}; attempt {attempt} queued again")])
             task.attempts = attempt
-            task.state = "Enqueued"
+            task.state = TaskState.ENQUEUED
             task.worker_lines = 0
             job = self._job(s, task, attempt)
         self._enqueue(job)
@@ -488,13 +479,14 @@ class Supervisor:
                     continue
                 self._apply(s, task, pending)
 
-    def _apply(self, s: Any, task: Task, pending: Pending) -> None:
+    def _apply(self, s: Session, task: Task, pending: Pending) -> None:
         if pending.enqueued and task.active:
             task.attempts = max(task.attempts, pending.attempt)
-            if task.state == "Created":
-                task.state = "Enqueued"
-        if pending.started and task.active and task.state in ("Created", "Enqueued", "Scheduled"):
-            task.state = "Processing"
+            if task.state == TaskState.CREATED:
+                task.state = TaskState.ENQUEUED
+        if pending.started and task.active and task.state in (
+                TaskState.CREATED, TaskState.ENQUEUED, TaskState.SCHEDULED):
+            task.state = TaskState.PROCESSING
             task.started_at = task.started_at or utcnow()
         if pending.has_progress and task.active:
             phase_changed = pending.phase is not None and pending.phase != task.progress_phase
@@ -509,7 +501,7 @@ class Supervisor:
             self._append_lines(s, task, pending.lines)
             task.worker_lines = (task.worker_lines or 0) + len(pending.lines)
 
-    def _append_lines(self, s: Any, task: Task, lines: list[str]) -> None:
+    def _append_lines(self, s: Session, task: Task, lines: list[str]) -> None:
         """Append to the task's log ring buffer, evicting the oldest lines past the limits."""
         max_lines = self.settings.log_tail_max_lines
         max_bytes = self.settings.log_tail_max_bytes
@@ -587,7 +579,7 @@ class Supervisor:
                 task = q.get_task(s, outcome.task_id)
                 ref = self.datasets.ref_of(s, task.dataset_id) if task is not None else None
             if task is None or ref is None:
-                self._discard_artifact(outcome)
+                self.artifacts.discard(outcome.artifact)
                 return True
             if outcome.succeeded:
                 # The run changed the dataset: index it even if the task was cancelled after
@@ -604,38 +596,32 @@ class Supervisor:
             if task is not None and pending is not None and not pending.empty():
                 self._apply(s, task, pending)
             if task is None or not task.active:
-                self._discard_artifact(outcome)
+                self.artifacts.discard(outcome.artifact)
                 if outcome.fault:
                     _log_outcome(outcome, task.tool_id if task is not None else "?")
                 return True
             tool_id = task.tool_id
             if outcome.succeeded:
                 if outcome.artifact is not None:
-                    a = outcome.artifact
-                    s.merge(Artifact(
-                        task_id=task.id, file_name=a.file_name, storage_path=a.storage_path,
-                        size_bytes=a.size_bytes, sha256=a.sha256,
-                        expires_at=utcnow() + timedelta(hours=self.settings.artifact_ttl_hours),
-                        expired=False,
-                    ))
+                    self.artifacts.record(s, task.id, outcome.artifact)
                 task.progress_percent = 100
                 task.result = outcome.summary
-                self._finish_row(s, task, "Succeeded")
+                self._finish_row(s, task, TaskState.SUCCEEDED)
             elif outcome.cancelled:
-                self._finish_row(s, task, "Deleted", error="cancelled")
+                self._finish_row(s, task, TaskState.DELETED, error="cancelled")
             else:
-                self._finish_row(s, task, "Failed", error=outcome.error or "failed")
+                self._finish_row(s, task, TaskState.FAILED, error=outcome.error or "failed")
         _log_outcome(outcome, tool_id)
         return outcome.cancelled
 
-    def _index_added(self, ref: Any, rel_paths: list[str]) -> list[str]:
+    def _index_added(self, ref: DatasetRef, rel_paths: list[str]) -> list[str]:
         """Index the files a run added, check each one is in the index (a second try for
         any that is not) and return those that still are not."""
         try:
             self.datasets.index_paths(ref, rel_paths)
         except Exception:
             log.exception("indexing %d added entries failed; retrying one by one", len(rel_paths))
-        indexed = {e["path"] for e in self.datasets.entries(ref, None, None, True)}
+        indexed = {e.path for e in self.datasets.entries(ref, None, None, True)}
         missing = [rel for rel in self._files_of(ref, rel_paths) if rel not in indexed]
         unindexed: list[str] = []
         for rel in missing:
@@ -648,7 +634,7 @@ class Supervisor:
         return unindexed
 
     @staticmethod
-    def _files_of(ref: Any, rel_paths: list[str]) -> list[str]:
+    def _files_of(ref: DatasetRef, rel_paths: list[str]) -> list[str]:
         found: list[str] = []
         for rel in rel_paths:
             path = ref.root / rel
@@ -660,17 +646,12 @@ class Supervisor:
         return found
 
     @staticmethod
-    def _finish_row(s: Any, task: Task, state: str, *, error: str | None = None) -> None:
+    def _finish_row(s: Session, task: Task, state: TaskState, *, error: str | None = None) -> None:
         task.state = state
         task.active = False
         task.finished_at = utcnow()
         if error is not None:
             task.error = error
-
-    @staticmethod
-    def _discard_artifact(outcome: Outcome) -> None:
-        if outcome.artifact is not None:
-            shutil.rmtree(Path(outcome.artifact.storage_path).parent, ignore_errors=True)
 
     # cancelling -------------------------------------------------------------------------------
     async def cancel(self, task_id: str, *, by: str) -> None:
@@ -722,68 +703,17 @@ class Supervisor:
             if task is None:
                 return False, False, ""
             was_active = task.active
-            started = task.state == "Processing" or task_id in self._pending and self._pending[task_id].started
-            if task.state == "Deleted":
+            started = task.state == TaskState.PROCESSING or (
+                task_id in self._pending and self._pending[task_id].started)
+            if task.state == TaskState.DELETED:
                 return False, False, task.tool_id
             self._append_lines(s, task, [log_line(f"Cancelled by {by}")])
-            self._finish_row(s, task, "Deleted", error=f"cancelled by {by}" if was_active else task.error)
-            artifact = q.get_artifact(s, task_id)
-            if artifact is not None:
-                artifact.expired = True
-                shutil.rmtree(Path(artifact.storage_path).parent, ignore_errors=True)
+            self._finish_row(s, task, TaskState.DELETED,
+                             error=f"cancelled by {by}" if was_active else task.error)
+            self.artifacts.purge(s, task_id)
             return was_active, bool(started), task.tool_id
 
     # sweeping ---------------------------------------------------------------------------------
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await anyio.to_thread.run_sync(self.sweep)
-            except INDEX_UNAVAILABLE as exc:  # the next sweep does it
-                log.warning("sweep skipped: the index is unavailable (%s)",
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            except Exception:
-                log.exception("sweep failed")
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
-
     def sweep(self) -> dict[str, int]:
-        """Delete expired artifacts, tasks past retention, work and staging folders of tasks
-        that are no longer active, and uploads and trash a killed process left behind."""
-        now = utcnow()
-        work_dir = self.settings.work_dir
-        work_folders = list(work_dir.iterdir()) if work_dir.is_dir() else []
-        staging_folders = self._staging_folders()
-        with self.db.write() as s:
-            expired = list(q.expired_artifacts(s, now))
-            for artifact in expired:
-                artifact.expired = True
-            old = q.terminal_task_ids(
-                s, finished_before=now - timedelta(days=self.settings.job_index_retention_days)
-            )
-            old_paths = [a.storage_path for a in q.artifacts_of(s, old)]
-            q.delete_tasks(s, old)
-            active = {t.id for t in q.active_tasks(s)}
-        for path in [a.storage_path for a in expired] + old_paths:
-            shutil.rmtree(Path(path).parent, ignore_errors=True)
-        orphans = 0
-        for folder in work_folders + staging_folders:  # listed before reading the active set
-            task_id = _task_of(folder)
-            if task_id is not None and task_id not in active:
-                shutil.rmtree(folder, ignore_errors=True)
-                orphans += 1
-        left = [item for tmp in self._tmp_dirs() for item in leftovers(tmp, time.time())]
-        for item in left:
-            remove_trash(item)
-        return {"expired": len(expired), "deleted": len(old), "orphans": orphans,
-                "leftovers": len(left)}
-
-    def _tmp_dirs(self) -> list[Path]:
-        """Every dataset's ``.ddb/tmp``."""
-        return list(self.settings.datasets_dir.glob(f"*/*/{SERVICE_FOLDER}/tmp"))
-
-    def _staging_folders(self) -> list[Path]:
-        """Tools' staging folders in every dataset (``.ddb/tmp/<tool>-<task id>``)."""
-        found: list[Path] = []
-        for tmp in self._tmp_dirs():
-            with contextlib.suppress(OSError):
-                found += [p for p in tmp.iterdir() if STAGING_NAME.match(p.name)]
-        return found
+        """One artifact sweep now (the supervisor runs one every ``SWEEP_INTERVAL_SECONDS``)."""
+        return self.artifacts.sweep()

@@ -6,25 +6,33 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy.orm import Session
 
+from procplat.core.artifacts import Artifacts
 from procplat.core.auth import Principal, require_admin, require_user
 from procplat.core.datasets import DatasetRef, Datasets
-from procplat.core.paging import clamp_take, int_param, page
+from procplat.core.paging import clamp_take, int_param
 from procplat.core.registry import RegisteredTool, Registry
 from procplat.core.supervisor import Supervisor
-from procplat.core.task_views import LOG_TAIL_LINES, task_json, task_urls
+from procplat.core.views import (
+    LOG_TAIL_LINES,
+    FeaturesView,
+    LogView,
+    Page,
+    SubmittedView,
+    TaskView,
+    task_urls,
+    task_view,
+)
 from procplat.errors import (
     BadRequest,
     Forbidden,
-    Gone,
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
@@ -33,20 +41,10 @@ from procplat.index import queries as q
 from procplat.index.db import Database, utcnow
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
+from procplat.states import TaskState
 
-STATES = [
-    ("Created", False), ("Enqueued", False), ("Scheduled", False), ("Processing", False),
-    ("Succeeded", True), ("Failed", True), ("Deleted", True),
-]
-STATE_NAMES = {name for name, _ in STATES}
 BULK_DOWNLOAD_TOOLS = {"bulk-download"}
 TASK_ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Submitted:
-    body: dict[str, Any]
-    created: bool
 
 
 def canonical_json(value: Any) -> str:
@@ -61,18 +59,19 @@ def request_hash(tool_id: str, version: str, params: dict[str, Any]) -> str:
 class Tasks:
     def __init__(
         self, *, settings: Settings, db: Database, registry: Registry, datasets: Datasets,
-        supervisor: Supervisor,
+        artifacts: Artifacts, supervisor: Supervisor,
     ) -> None:
         self.settings = settings
         self.db = db
         self.registry = registry
         self.datasets = datasets
+        self.artifacts = artifacts
         self.supervisor = supervisor
 
     # submit -----------------------------------------------------------------------------------
     async def submit(
         self, caller: Principal | None, org: str, ds: str, body: Any
-    ) -> Submitted:
+    ) -> SubmittedView:
         user = require_user(caller)
         ref, task, created = await anyio.to_thread.run_sync(
             self._validate_and_insert, caller, user, org, ds, body
@@ -80,17 +79,10 @@ class Tasks:
         if created:
             await self.supervisor.start_task(task, ref)
         status_url, result_url = task_urls(ref.org_slug, ref.slug, task.id)
-        return Submitted(
-            created=created,
-            body={
-                "taskId": task.id,
-                "toolId": task.tool_id,
-                "version": task.version,
-                "deduplicated": not created,
-                "statusUrl": status_url,
-                "resultUrl": result_url,
-                "estimatedOutputBytes": task.estimated_output_bytes,
-            },
+        return SubmittedView(
+            task_id=task.id, tool_id=task.tool_id, version=task.version, created=created,
+            status_url=status_url, result_url=result_url,
+            estimated_output_bytes=task.estimated_output_bytes,
         )
 
     def _validate_and_insert(
@@ -167,13 +159,15 @@ class Tasks:
                 id=str(uuid.uuid4()), dataset_id=ref.dataset_id, org_id=ref.org_id,
                 user_id=user.user_id, tool_id=tool.spec.id, version=tool.spec.version,
                 params=params, path=params.get("path") if isinstance(params.get("path"), str) else None,
-                request_hash=digest, state="Created", active=True, attempts=1,
+                request_hash=digest, state=TaskState.CREATED, active=True, attempts=1,
                 estimated_output_bytes=estimated, created_at=now,
             )
             s.add(task)
         return task, True
 
-    def _check_concurrency(self, s: Any, user: Principal, ref: DatasetRef, tool: RegisteredTool) -> None:
+    def _check_concurrency(
+        self, s: Session, user: Principal, ref: DatasetRef, tool: RegisteredTool
+    ) -> None:
         st = self.settings
         counts = q.active_counts(s, org_id=ref.org_id, user_id=user.user_id, tool_id=tool.spec.id)
         limits = [
@@ -189,36 +183,38 @@ class Tasks:
                 raise TooManyRequests(f"too many active {what} ({count} of {limit}); retry later")
 
     # reading ---------------------------------------------------------------------------------
-    def _task_in(self, s: Any, ref: DatasetRef, task_id: str) -> Task:
+    def _task_in(self, s: Session, ref: DatasetRef, task_id: str) -> Task:
         task = q.get_task(s, task_id)
         if task is None or task.dataset_id != ref.dataset_id:
             raise NotFound(f"task '{task_id}' not found")
         return task
 
-    def _status(self, s: Any, task: Task, org_slug: str, ds_slug: str) -> dict[str, Any]:
+    def _status(self, s: Session, task: Task, org_slug: str, ds_slug: str) -> TaskView:
         tail = [line.line for line in q.kept_log_lines(s, task.id, max(0, task.log_cursor - LOG_TAIL_LINES))]
-        return task_json(
+        return task_view(
             task, org_slug=org_slug, ds_slug=ds_slug, artifact=q.get_artifact(s, task.id),
             log_tail=tail, now=utcnow(), dashboard_link=self.supervisor.dashboard_link,
         )
 
-    def status(self, caller: Principal | None, org: str, ds: str, task_id: str) -> dict[str, Any]:
+    def status(self, caller: Principal | None, org: str, ds: str, task_id: str) -> TaskView:
         ref = self.datasets.open(caller, org, ds, "Read")
         with self.db.read() as s:
             return self._status(s, self._task_in(s, ref, task_id), ref.org_slug, ref.slug)
 
-    def log(self, caller: Principal | None, org: str, ds: str, task_id: str, since: Any) -> dict[str, Any]:
+    def log(
+        self, caller: Principal | None, org: str, ds: str, task_id: str, since: str | None
+    ) -> LogView:
         since_n = max(0, int_param(since, "since", 0))
         ref = self.datasets.open(caller, org, ds, "Read")
         with self.db.read() as s:
             task = self._task_in(s, ref, task_id)
-            lines = [line.line for line in q.kept_log_lines(s, task.id, since_n)]
-            return {"cursor": task.log_cursor, "lines": lines, "truncatedFromTail": task.log_evicted}
+            lines = tuple(line.line for line in q.kept_log_lines(s, task.id, since_n))
+            return LogView(cursor=task.log_cursor, lines=lines, truncated_from_tail=task.log_evicted)
 
     def list(
         self, caller: Principal | None, org: str, ds: str, tool_id: str | None, state: str | None,
-        skip: Any, take: Any, id_prefix: str | None = None,
-    ) -> list[dict[str, Any]]:
+        skip: str | None, take: str | None, id_prefix: str | None = None,
+    ) -> list[TaskView]:
         """The dataset's tasks, newest first; ``id_prefix`` (the ``taskId`` filter) keeps
         those whose id starts with it, which is how a client resolves a short id."""
         ref = self.datasets.open(caller, org, ds, "Read")
@@ -234,9 +230,9 @@ class Tasks:
             return [self._status(s, t, ref.org_slug, ref.slug) for t in rows]
 
     def list_all(
-        self, caller: Principal | None, tool_id: str | None, state: str | None, user_id: Any,
-        skip: Any, take: Any,
-    ) -> dict[str, Any]:
+        self, caller: Principal | None, tool_id: str | None, state: str | None,
+        user_id: str | None, skip: str | None, take: str | None,
+    ) -> Page[TaskView]:
         require_admin(caller)
         skip_n, take_n = clamp_take(skip, take)
         self._check_state(state)
@@ -246,17 +242,17 @@ class Tasks:
                 s, tool_id=tool_id, state=state, user_id=uid, skip=skip_n, take=take_n
             )
             slugs = self._slugs(s, {t.dataset_id for t in rows})
-            items = [self._status(s, t, *slugs[t.dataset_id]) for t in rows]
-        return page(items, total, skip_n, take_n)
+            items = tuple(self._status(s, t, *slugs[t.dataset_id]) for t in rows)
+        return Page(items=items, total=total, skip=skip_n, take=take_n)
 
-    def _slugs(self, s: Any, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
+    def _slugs(self, s: Session, dataset_ids: set[int]) -> dict[int, tuple[str, str]]:
         refs = (self.datasets.ref_of(s, dataset_id) for dataset_id in dataset_ids)
         return {ref.dataset_id: (ref.org_slug, ref.slug) for ref in refs}
 
     @staticmethod
     def _check_state(state: str | None) -> None:
-        if state and state not in STATE_NAMES:
-            raise BadRequest(f"unknown state '{state}' (known: {', '.join(n for n, _ in STATES)})")
+        if state and state not in tuple(TaskState):
+            raise BadRequest(f"unknown state '{state}' (known: {', '.join(TaskState)})")
 
     def artifact_file(
         self, caller: Principal | None, org: str, ds: str, task_id: str
@@ -265,17 +261,12 @@ class Tasks:
         with self.db.read() as s:
             task = self._task_in(s, ref, task_id)
             artifact = q.get_artifact(s, task.id)
-            if task.state != "Succeeded" or artifact is None:
+            if task.state != TaskState.SUCCEEDED or artifact is None:
                 raise NotFound(f"task '{task_id}' has no artifact (state {task.state})")
-        if artifact.expired or artifact.expires_at <= utcnow():
-            raise Gone(f"the artifact of task '{task_id}' has expired")
-        path = Path(artifact.storage_path)
-        if not path.is_file():
-            raise Gone(f"the artifact of task '{task_id}' is no longer available")
-        return artifact, path
+        return artifact, self.artifacts.file_of(artifact, task_id)
 
     # cancel and clear ------------------------------------------------------------------------
-    async def cancel(self, caller: Principal | None, org: str, ds: str, task_id: str) -> dict[str, Any]:
+    async def cancel(self, caller: Principal | None, org: str, ds: str, task_id: str) -> TaskView:
         user = require_user(caller)
         ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Read")
         with self.db.read() as s:
@@ -286,24 +277,23 @@ class Tasks:
         with self.db.read() as s:
             return self._status(s, self._task_in(s, ref, task_id), ref.org_slug, ref.slug)
 
-    async def clear(self, caller: Principal | None, org: str, ds: str, tool_id: str | None) -> dict[str, Any]:
+    async def clear(self, caller: Principal | None, org: str, ds: str, tool_id: str | None) -> int:
+        """Remove the dataset's terminal tasks (of one tool) and their artifacts; how many."""
         ref = await anyio.to_thread.run_sync(self.datasets.open, caller, org, ds, "Write")
         with self.db.write() as s:
             ids = q.terminal_task_ids(s, dataset_id=ref.dataset_id, tool_id=tool_id)
-            paths = [Path(a.storage_path) for a in q.artifacts_of(s, ids)]
+            paths = self.artifacts.stored_paths(s, ids)
             q.delete_tasks(s, ids)
-        for path in paths:
-            shutil.rmtree(path.parent, ignore_errors=True)
-        return {"cleared": len(ids)}
+        self.artifacts.remove(paths)
+        return len(ids)
 
-    def features(self) -> dict[str, Any]:
+    def features(self) -> FeaturesView:
         from procplat import __version__
 
-        return {
-            "taskStates": [{"value": n, "terminal": t} for n, t in STATES],
-            "taskTools": sorted({t.spec.id for t in self.registry.all()}),
-            "version": __version__,
-            "dedupEnabled": self.settings.dedup_enabled,
-            "artifactTtlHours": self.settings.artifact_ttl_hours,
-            "dashboardLink": self.supervisor.dashboard_link,
-        }
+        return FeaturesView(
+            task_tools=tuple(sorted({t.spec.id for t in self.registry.all()})),
+            version=__version__,
+            dedup_enabled=self.settings.dedup_enabled,
+            artifact_ttl_hours=self.settings.artifact_ttl_hours,
+            dashboard_link=self.supervisor.dashboard_link,
+        )

@@ -24,9 +24,7 @@ from procplat.index.models import (
     Token,
     User,
 )
-
-ACTIVE_STATES = ("Created", "Enqueued", "Scheduled", "Processing")
-TERMINAL_STATES = ("Succeeded", "Failed", "Deleted")
+from procplat.states import TaskState
 
 
 # users and tokens -----------------------------------------------------------------------
@@ -198,7 +196,7 @@ _DEDUP_MATCH = (
         or_(
             Task.active,
             and_(
-                Task.state == "Succeeded",
+                Task.state == TaskState.SUCCEEDED,
                 Task.finished_at >= bindparam("since"),
                 # a run without an artifact (a tool that writes into the dataset) is not
                 # answered again: running it again is what the user wants
@@ -405,7 +403,7 @@ def replace_tokens(s: Session, user_id: int, token_hash: str, now: datetime) -> 
 
 def created_task_ids(s: Session) -> list[str]:
     """Active tasks no supervisor has handed to the cluster yet, oldest first."""
-    return list(s.scalars(select(Task.id).where(Task.active, Task.state == "Created")
+    return list(s.scalars(select(Task.id).where(Task.active, Task.state == TaskState.CREATED)
                           .order_by(Task.created_at)))
 
 
