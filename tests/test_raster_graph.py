@@ -151,7 +151,7 @@ def reference_index(formula: str, bands: dict[str, np.ndarray], nodata: dict[str
     used = {k: bands[k].astype(np.float32) for k in tokens(required)}
     eps = np.float32(1e-10)
     with np.errstate(all="ignore"):
-        value = np.asarray(eval(expr, {}, dict(used)), dtype=np.float32)  # noqa: S307
+        value = np.asarray(eval(expr, {}, dict(used)), dtype=np.float32)
         invalid = np.isnan(value)
         for letter, band in used.items():
             nd = nodata.get(letter)
@@ -161,7 +161,7 @@ def reference_index(formula: str, bands: dict[str, np.ndarray], nodata: dict[str
             invalid |= alpha == 0
         den = _denominator(expr)
         if den is not None:
-            invalid |= np.abs(np.asarray(eval(den, {}, dict(used)), dtype=np.float32)) < eps  # noqa: S307
+            invalid |= np.abs(np.asarray(eval(den, {}, dict(used)), dtype=np.float32)) < eps
         if formula == "vNDVI":
             invalid |= (used["R"] <= eps) | (used["G"] <= eps) | (used["B"] <= eps)
     return np.where(invalid, np.float32(np.nan), value)
