@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.harness import ADMIN_TOKEN
+from tests.harness import free_port as free_port  # the tests import it from here too
 
 
 @dataclass

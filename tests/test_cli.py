@@ -21,8 +21,7 @@ import pytest
 
 from procplat import client as pc
 from procplat.cli import UsageError, build_parser, main, param_arg, resolve_task_id
-from tests.conftest import World
-from tests.test_tasks_api import big_text
+from tests.harness import World, big_text
 
 ON_ONE_SERVER = pytest.mark.parametrize("server", ["local-cluster"], indirect=True)
 

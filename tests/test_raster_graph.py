@@ -22,6 +22,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from tests.harness import write_geotiff
 from tools import colormaps, raster_graph, sensors, spectral
 from tools.contract import InvalidParams
 from tools.raster_graph import (
@@ -195,26 +196,15 @@ def reference_percentiles(values: np.ndarray) -> tuple[float, float]:
 def write_tif(path: Path, data: np.ndarray, *, nodata: float | None = None, tiled: bool = True,
               colorinterp: list[ColorInterp] | None = None, tags: dict[str, str] | None = None,
               descriptions: list[str] | None = None, block: int = 256) -> Path:
-    count, height, width = data.shape
-    profile: dict[str, Any] = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
-        crs=CRS, transform=TRANSFORM, nodata=nodata, compress="deflate",
-    )
-    if tiled:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    if data.dtype == np.uint8 and count in (3, 4):
-        profile["photometric"] = "RGB" if colorinterp and ColorInterp.red in colorinterp else "MINISBLACK"
+    options: dict[str, Any] = {}
+    if data.dtype == np.uint8 and data.shape[0] in (3, 4):
+        options["photometric"] = "RGB" if colorinterp and ColorInterp.red in colorinterp else "MINISBLACK"
     if colorinterp and ColorInterp.alpha in colorinterp:
-        profile["alpha"] = "YES"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if colorinterp:
-            dst.colorinterp = colorinterp
-        if tags:
-            dst.update_tags(**tags)
-        for i, text in enumerate(descriptions or []):
-            dst.set_band_description(i + 1, text)
-    return path
+        options["alpha"] = "YES"
+    return write_geotiff(path, data, crs=CRS, transform=TRANSFORM, nodata=nodata,
+                         compress="deflate", tile=block if tiled else None,
+                         colorinterp=colorinterp or (), tags=tags,
+                         descriptions=descriptions or (), **options)
 
 
 def read(path: Path) -> np.ndarray:

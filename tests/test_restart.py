@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness import big_text
 from tests.processes import start_dask, start_service, wait_state
-from tests.test_tasks_api import big_text
 from tools import bulk_download
 from tools.contract import PrintReporter, ToolContext
 
