@@ -363,12 +363,7 @@ def test_cancel_during_matching_stops_promptly_and_leaves_no_output(
             break
         assert status["state"] in ("Created", "Enqueued", "Scheduled", "Processing"), status
         time.sleep(0.05)
-    started = time.monotonic()
-    assert world.user.delete(f"{world.tasks_url}/{task_id}").json()["state"] == "Deleted"
-    work_dir = world.server.settings.work_dir
-    while any(p.name.startswith(task_id) for p in work_dir.iterdir()):
-        assert time.monotonic() - started < 10, "align-raster did not stop within 10 s"
-        time.sleep(0.1)
+    world.cancel_until_stopped(task_id, within=10, what="align-raster")
     time.sleep(0.5)
     assert not (world.root / "out").exists()
     assert sorted(p.name for p in world.root.iterdir() if p.name != ".ddb") == ["big-ref.tif", "big.tif"]

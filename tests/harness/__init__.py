@@ -6,7 +6,9 @@
 - :mod:`~tests.harness.world`: a user, an org and a dataset on it (:func:`new_world` →
   :class:`World`: upload, submit, wait, cancel; :func:`kill_worker_running`);
 - :mod:`~tests.harness.rasters`: the GeoTIFF writer and pixel patterns;
-- :mod:`~tests.harness.files`: a folder tree's snapshot, big slow-to-deflate text.
+- :mod:`~tests.harness.files`: a folder tree's snapshot, big slow-to-deflate text;
+- :mod:`tests.harness.cli` (imported by name): the ``procplat`` command as a process, and
+  its help text.
 
 The service as real processes (``procplat serve``, ``dask scheduler``/``worker``, a
 PostgreSQL of its own) is ``tests/processes.py``.
