@@ -151,17 +151,17 @@ def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) ->
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs: list[subprocess.Popen[bytes]] = []
-    log = open(log_dir / "dask.log", "ab")
-    procs.append(subprocess.Popen(
-        [*dask, "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    ))
-    for _ in range(n_workers):
+    with open(log_dir / "dask.log", "ab") as log:  # the processes keep their own descriptors
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
-             "--host", "127.0.0.1", "--dashboard-address", ":0"],
+            [*dask, "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         ))
+        for _ in range(n_workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
+                 "--host", "127.0.0.1", "--dashboard-address", ":0"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
     from distributed import Client
 
     with Client(address, timeout="60s") as client:
