@@ -33,7 +33,7 @@ from tools.zip_policy import archive_members
 from tools.zip_stream import stream_zip
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.harness
-from tests.harness import write_geotiff  # noqa: E402
+from tests.harness import write_geotiff
 
 PLANE = Affine(0.1, 0, 0, 0, -0.1, 0)  # 10 cm pixels from (0, 0)
 

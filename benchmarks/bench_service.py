@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness import LiveServer, free_port, start_server  # noqa: E402
+from tests.harness import LiveServer, free_port, start_server
 
 ADMIN_TOKEN = "bench-admin-token"
 TOOL = "bulk-download"

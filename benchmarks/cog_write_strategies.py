@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from measure import overview_factors  # noqa: E402  (this script's folder is on sys.path)
+from measure import overview_factors
 
 STRATEGIES = [
     "rasterio_loop", "rasterio_loop_mt", "odc_geo", "gdal_cog_copy",
