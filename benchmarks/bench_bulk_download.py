@@ -19,12 +19,12 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 
 from tools import bulk_download
@@ -32,13 +32,15 @@ from tools.contract import PrintReporter, ToolContext
 from tools.zip_policy import archive_members
 from tools.zip_stream import stream_zip
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.harness
+from tests.harness import write_geotiff
+
+PLANE = Affine(0.1, 0, 0, 0, -0.1, 0)  # 10 cm pixels from (0, 0)
+
 
 def deflate_tiff(path: Path, size: int) -> None:
     pixels = np.random.default_rng(size).integers(0, 255, (4, size, size), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4,
-                       dtype="uint8", crs="EPSG:32633", transform=Affine(0.1, 0, 0, 0, -0.1, 0),
-                       tiled=size >= 512, compress="deflate", zlevel=1) as dst:
-        dst.write(pixels)
+    write_geotiff(path, pixels, transform=PLANE, tiled=size >= 512, compress="deflate", zlevel=1)
 
 
 def build(root: Path) -> int:
@@ -64,10 +66,7 @@ def uncompressed_tiff(path: Path, size: int = 4096) -> None:
     ground = (np.sin(x / 37.0) * 40 + np.cos(y / 53.0) * 40 + 128).astype(np.int16)
     noise = (rng.random(ground.shape) < 0.05) * rng.integers(-9, 10, ground.shape)
     bands = np.stack([ground + noise + k * 9 for k in range(4)]).clip(0, 255).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4,
-                       dtype="uint8", crs="EPSG:32633",
-                       transform=Affine(0.1, 0, 0, 0, -0.1, 0)) as dst:
-        dst.write(bands)
+    write_geotiff(path, bands, transform=PLANE)
 
 
 def timed(fn: object, runs: int) -> tuple[float, float]:

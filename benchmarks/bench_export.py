@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # measure.py, bench_service.py
 
-from measure import SAMPLE, QuietReporter, TreeMemory, gb, verdict  # noqa: E402
+from measure import SAMPLE, QuietReporter, TreeMemory, gb, overview_factors, verdict  # noqa: E402
 
 RUNS = ["a1", "a2", "b", "b2", "c", "d"]
 LABELS = {
@@ -170,23 +170,24 @@ def ensure_source(cache: Path, size: int) -> tuple[Path, float | None]:
     if path.exists():
         return path, None
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from tests.harness import write_geotiff_by_windows
 
     cache.mkdir(parents=True, exist_ok=True)
     print(f"generating {path} ...", flush=True)
     started = time.perf_counter()
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-                   crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.1, 0.1),
-                   nodata=0, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
-                   compress="DEFLATE", zlevel=LEVEL, predictor=2, photometric="MINISBLACK",
-                   interleave="pixel", num_threads="ALL_CPUS", bigtiff="IF_SAFER")
+    blocks = ((Window(x0, y0, w, h), source_block(size, y0, x0, h, w))
+              for y0 in range(0, size, GEN_BLOCK) for x0 in range(0, size, GEN_BLOCK)
+              for h, w in [(min(GEN_BLOCK, size - y0), min(GEN_BLOCK, size - x0))])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with rasterio.Env(GDAL_CACHEMAX=512), rasterio.open(tmp, "w", **profile) as dst:
-            for y0 in range(0, size, GEN_BLOCK):
-                for x0 in range(0, size, GEN_BLOCK):
-                    h, w = min(GEN_BLOCK, size - y0), min(GEN_BLOCK, size - x0)
-                    dst.write(source_block(size, y0, x0, h, w), window=((y0, y0 + h), (x0, x0 + w)))
+        with rasterio.Env(GDAL_CACHEMAX=512):
+            write_geotiff_by_windows(
+                tmp, blocks, count=4, height=size, width=size, dtype="uint8", pixel=0.1,
+                nodata=0, tile=BLOCK, compress="DEFLATE", zlevel=LEVEL, predictor=2,
+                photometric="MINISBLACK", interleave="pixel", num_threads="ALL_CPUS",
+                bigtiff="IF_SAFER")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -196,15 +197,6 @@ def ensure_source(cache: Path, size: int) -> tuple[Path, float | None]:
 
 
 # --------------------------------------------------------------------------- the runs
-
-
-def overview_factors(width: int, height: int) -> list[int]:
-    """GDAL's COG rule: 2, 4, ... until both sides fit in one block."""
-    factors, f = [], 2
-    while -(-width // (f // 2)) > BLOCK or -(-height // (f // 2)) > BLOCK:
-        factors.append(f)
-        f *= 2
-    return factors
 
 
 def run_baseline(src: Path, out: Path, *, threads: bool) -> None:
@@ -249,7 +241,7 @@ def run_baseline(src: Path, out: Path, *, threads: bool) -> None:
                 rgba[3] = 255
                 rgba[:, invalid] = 0
                 d.write(rgba, window=window)
-            d.build_overviews(overview_factors(s.width, s.height), Resampling.average)
+            d.build_overviews(overview_factors(s.width, s.height, BLOCK), Resampling.average)
 
 
 def run_floor(src: Path, out: Path) -> None:
@@ -330,27 +322,19 @@ def child(name: str, src: Path, out: Path, warm: Path, extra: Path | None) -> di
 
 def child_service(src: Path, out: Path, warm: Path) -> dict[str, Any]:
     """A real service (its own LocalCluster, as ``procplat serve`` starts it) over HTTP."""
-    import httpx
-    from bench_service import ADMIN_TOKEN, LiveServer, finished_in_index
+    from bench_service import finished_in_index
 
     from procplat.settings import Settings
+    from tests.harness import ADMIN_TOKEN, new_world, start_server
 
     workdir = Path(tempfile.mkdtemp(prefix="procplat-bench-export-", dir=out.parent))
     live = None
     try:
         settings = Settings(data=workdir / "data", admin_token=ADMIN_TOKEN,
                             dashboard_address=":0")
-        live = LiveServer(settings)  # returns once the app (and its cluster) is up
-        admin = httpx.Client(base_url=live.url, timeout=60,
-                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        token = admin.post("/users", json={"username": "bench"}).json()["token"]
-        user = httpx.Client(base_url=live.url, timeout=60,
-                            headers={"Authorization": f"Bearer {token}"})
-        assert user.post("/orgs", json={"slug": "bench"}).status_code == 201
-        assert user.post("/orgs/bench/ds", json={"slug": "ds", "visibility": "private"}
-                         ).status_code == 201
-        tasks_url = "/orgs/bench/ds/ds/tasks"
-        root = settings.datasets_dir / "bench" / "ds"
+        live = start_server(settings)  # returns once the app (and its cluster) is up
+        world = new_world(live)
+        user, tasks_url, root = world.user, world.tasks_url, world.root
         root.mkdir(parents=True, exist_ok=True)
         for f in (src, warm):  # hard links: a multi-GB upload is not what is measured
             os.link(f, root / f.name)

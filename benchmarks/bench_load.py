@@ -217,7 +217,7 @@ def client_process(urls: list[str], token: str, tasks_url: str, dedup: dict[str,
 # ------------------------------------------------------------------------------------------
 class World:
     def __init__(self, setup: Setup, pg_admin_url: str, throttle: float) -> None:
-        from tests.conftest import ADMIN_TOKEN
+        from tests.harness import ADMIN_TOKEN
         from tests.processes import start_service
 
         self.setup = setup

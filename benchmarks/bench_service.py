@@ -34,17 +34,18 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.harness import LiveServer, free_port, start_server
 
 ADMIN_TOKEN = "bench-admin-token"
 TOOL = "bulk-download"
@@ -116,12 +117,6 @@ def bare_bulk_download(params: dict[str, Any], dataset_root: str, work_root: str
 # ------------------------------------------------------------------------------------------
 # the cluster and the service
 # ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ExternalCluster:
     """``dask scheduler`` + 2 ``dask worker`` processes (1 thread each)."""
 
@@ -155,40 +150,6 @@ class ExternalCluster:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-class LiveServer:
-    def __init__(self, settings: Any, *, nodelay: bool = True) -> None:
-        import uvicorn
-
-        from procplat.api.app import create_app
-
-        # proto=IPPROTO_TCP as uvicorn.run(host=, port=) gets it from getaddrinfo: asyncio then
-        # sets TCP_NODELAY on accepted connections. With proto 0 (a plain socket.socket(),
-        # as in tests/conftest.py) it does not, and Nagle + delayed ACK add ~40 ms whenever
-        # a response goes out in two writes (headers, then body).
-        proto = socket.IPPROTO_TCP if nodelay else 0
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.settings = settings
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
-                                access_log=False, backlog=4096)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
-                                       daemon=True, name="uvicorn")
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
 
 
 # ------------------------------------------------------------------------------------------
@@ -597,7 +558,7 @@ def main() -> int:
             data=workdir / "data", dask_address=cluster.scheduler_address,
             admin_token=ADMIN_TOKEN, dashboard_address=":0", **GENEROUS_QUOTAS,
         )
-        live = LiveServer(settings, nodelay=not args.proto0_socket)
+        live = start_server(settings, nodelay=not args.proto0_socket)
         print(f"service on {live.url}, cluster {cluster.scheduler_address}, data in {workdir}",
               flush=True)
         admin = httpx.Client(base_url=live.url, timeout=60,

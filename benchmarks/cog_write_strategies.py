@@ -37,10 +37,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from measure import overview_factors
 
 STRATEGIES = [
     "rasterio_loop", "rasterio_loop_mt", "odc_geo", "gdal_cog_copy",
@@ -65,16 +67,13 @@ LEVEL = 6
 def make_source(path: Path, size: int) -> None:
     """Smooth colour fields with a little noise, transparent (and black) outside a footprint."""
     import numpy as np
-    import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from tests.harness import grid, write_geotiff_by_windows
 
     rng = np.random.default_rng(42)
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-                   crs="EPSG:32633", transform=from_origin(400000, 6000000, 10, 10),
-                   tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="DEFLATE",
-                   predictor=2, num_threads="ALL_CPUS", photometric="RGB", alpha="YES")
-    tmp = path.with_suffix(".tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
+
+    def chunks() -> Iterator[tuple[Window, np.ndarray]]:
         for y0 in range(0, size, CHUNK):
             for x0 in range(0, size, CHUNK):
                 h, w = min(CHUNK, size - y0), min(CHUNK, size - x0)
@@ -86,7 +85,13 @@ def make_source(path: Path, size: int) -> None:
                 inside = (xx + yy > size * 0.15) & (xx - yy < size * 0.85)
                 rgba[3] = np.where(inside, 255, 0)
                 rgba[:3, ~inside] = 0
-                dst.write(rgba, window=((y0, y0 + h), (x0, x0 + w)))
+                yield Window(x0, y0, w, h), rgba
+
+    tmp = path.with_suffix(".tmp")
+    write_geotiff_by_windows(tmp, chunks(), count=4, height=size, width=size, dtype="uint8",
+                             transform=grid(10, (400000, 6000000)), tile=BLOCK,
+                             compress="DEFLATE", predictor=2, num_threads="ALL_CPUS",
+                             photometric="RGB", alpha="YES")
     os.replace(tmp, path)
 
 
@@ -97,14 +102,6 @@ def open_lazy(src: Path) -> Any:
     import rioxarray
 
     return rioxarray.open_rasterio(src, chunks={"band": -1, "y": CHUNK, "x": CHUNK}, lock=False)
-
-
-def overview_factors(width: int, height: int) -> list[int]:
-    factors, f = [], 2
-    while -(-width // (f // 2)) > BLOCK or -(-height // (f // 2)) > BLOCK:
-        factors.append(f)
-        f *= 2
-    return factors
 
 
 def run_rasterio_loop(src: Path, out: Path, threads: bool) -> None:
@@ -120,7 +117,7 @@ def run_rasterio_loop(src: Path, out: Path, threads: bool) -> None:
         with rasterio.open(out, "w", **profile) as d:
             for _, window in d.block_windows(1):
                 d.write(s.read(window=window), window=window)
-            d.build_overviews(overview_factors(s.width, s.height), Resampling.average)
+            d.build_overviews(overview_factors(s.width, s.height, BLOCK), Resampling.average)
 
 
 def run_odc_geo(src: Path, out: Path) -> None:

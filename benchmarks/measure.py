@@ -5,7 +5,8 @@
   background thread; also the tree's CPU seconds and the whole machine's, so a benchmark can
   tell how much CPU other people's jobs used meanwhile.
 - :class:`QuietReporter`: a tool reporter that reports nothing; ``gb`` and ``verdict`` format
-  figures the same way in every benchmark.
+  figures the same way in every benchmark; :func:`overview_factors` is GDAL's COG rule for
+  the hand-written baselines.
 
 Benchmarks run as scripts from the repository root (``python benchmarks/bench_x.py``), so the
 script's folder is on ``sys.path`` and ``from measure import ...`` works.
@@ -21,6 +22,15 @@ from typing import Any
 from tools.contract import PrintReporter
 
 SAMPLE = 0.05  # seconds between memory samples
+
+
+def overview_factors(width: int, height: int, block: int) -> list[int]:
+    """GDAL's COG rule: 2, 4, ... until both sides fit in one block."""
+    factors, f = [], 2
+    while -(-width // (f // 2)) > block or -(-height // (f // 2)) > block:
+        factors.append(f)
+        f *= 2
+    return factors
 
 
 class TreeMemory:

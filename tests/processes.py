@@ -8,7 +8,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.harness import ADMIN_TOKEN
+from tests.harness import free_port as free_port  # the tests import it from here too
 
 
 @dataclass
@@ -117,7 +111,7 @@ class DaskProcesses:
 
     address: str
     procs: list[subprocess.Popen[bytes]]  # the scheduler, then the workers
-    log: Any = None  # the file their output goes to
+    log: Path  # the file their output goes to
 
     def add_worker(self) -> None:
         """Start one more worker (after one was killed) and wait until every live one is
@@ -168,12 +162,13 @@ class DaskProcesses:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _start_worker(address: str, log: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
-         "--host", "127.0.0.1", "--dashboard-address", ":0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+def _start_worker(address: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # the worker keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
+             "--host", "127.0.0.1", "--dashboard-address", ":0"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
 
 
 def _wait_for_workers(address: str, n_workers: int) -> None:
@@ -187,12 +182,13 @@ def start_dask(log_dir: Path, n_workers: int = 2, *, port: int | None = None) ->
     """A scheduler (on ``port``, or a free one) and ``n_workers`` workers, all connected."""
     port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
-    log = open(log_dir / "dask.log", "ab")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), "--dashboard-address", ":0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )]
+    log = log_dir / "dask.log"
+    with open(log, "ab") as out:  # the scheduler keeps its own descriptor
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+             "--port", str(port), "--dashboard-address", ":0"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )]
     procs += [_start_worker(address, log) for _ in range(n_workers)]
     _wait_for_workers(address, n_workers)
     return DaskProcesses(address=address, procs=procs, log=log)

@@ -14,8 +14,8 @@ import pytest
 
 from procplat.api.http import PRINCIPAL_CACHE_SECONDS
 from tests.conftest import ADMIN_TOKEN, start_server
+from tests.harness.cli import procplat
 from tests.processes import start_service
-from tests.test_cli import procplat
 
 STALE = "PROCPLAT_ADMIN_TOKEN is set but is not a token of user 'admin'"
 

@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.warp import Resampling, reproject
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World
+from tests.harness import World, write_geotiff
 from tools import registration as reg
 from tools.align_raster import AlignResult, align
 from tools.contract import InvalidParams, PrintReporter, ToolError
@@ -220,11 +220,9 @@ def test_the_same_input_gives_the_same_output_bit_for_bit(
 
 def test_a_featureless_source_fails_with_a_clear_error(tmp_path: Path) -> None:
     flat = tmp_path / "flat.tif"
-    profile = dict(driver="GTiff", width=400, height=400, count=1, dtype="uint8",
-                   crs="EPSG:32633", transform=Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1]))
     rng = np.random.default_rng(3)
-    with rasterio.open(flat, "w", **profile) as dst:
-        dst.write((120 + rng.normal(0, 2, (1, 400, 400))).astype(np.uint8))
+    write_geotiff(flat, (120 + rng.normal(0, 2, (1, 400, 400))).astype(np.uint8),
+                  transform=Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1]))
     ref = make_pair(tmp_path, Case("flat-ref", kind="grey", size=400)).reference
     with pytest.raises(ToolError, match="could not match"):
         align(flat, ref, None, reporter=quiet())
@@ -336,9 +334,7 @@ def test_bad_requests_are_400_before_queueing(
     world.upload("ref.tif", pair.reference.read_bytes())
     world.upload("notes.txt", b"not a raster")
     nocrs = tmp_path / "nocrs.tif"
-    with rasterio.open(nocrs, "w", driver="GTiff", width=64, height=64, count=1,
-                       dtype="uint8") as dst:
-        dst.write(np.zeros((1, 64, 64), np.uint8))
+    write_geotiff(nocrs, np.zeros((1, 64, 64), np.uint8), crs=None)
     world.upload("nocrs.tif", nocrs.read_bytes())
     far = tmp_path / "far.tif"
     write_texture(far, width=128, height=128,
@@ -367,12 +363,7 @@ def test_cancel_during_matching_stops_promptly_and_leaves_no_output(
             break
         assert status["state"] in ("Created", "Enqueued", "Scheduled", "Processing"), status
         time.sleep(0.05)
-    started = time.monotonic()
-    assert world.user.delete(f"{world.tasks_url}/{task_id}").json()["state"] == "Deleted"
-    work_dir = world.server.settings.work_dir
-    while any(p.name.startswith(task_id) for p in work_dir.iterdir()):
-        assert time.monotonic() - started < 10, "align-raster did not stop within 10 s"
-        time.sleep(0.1)
+    world.cancel_until_stopped(task_id, within=10, what="align-raster")
     time.sleep(0.5)
     assert not (world.root / "out").exists()
     assert sorted(p.name for p in world.root.iterdir() if p.name != ".ddb") == ["big-ref.tif", "big.tif"]

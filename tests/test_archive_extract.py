@@ -28,7 +28,7 @@ from typing import Any
 import py7zr
 import pytest
 
-from tests.conftest import LiveServer, World, new_world, settings_for, start_server
+from tests.harness import LiveServer, World, new_world, settings_for, start_server, tree_snapshot
 from tools.archive_read import MAX_ENTRIES
 
 TOOL = "archive-extract"
@@ -153,30 +153,6 @@ def repeated_streams(block: bytes, count: int, compress: Callable[[bytes], bytes
 # --- observing the dataset -------------------------------------------------------------------
 
 
-def tree(top: Path, skip: str | None = None) -> dict[str, tuple[Any, ...]]:
-    """Every file, folder and symlink under ``top`` (links not followed): size and sha256."""
-    found: dict[str, tuple[Any, ...]] = {}
-    if not top.exists():
-        return found
-    for dirpath, dirnames, filenames in os.walk(top):
-        here = Path(dirpath)
-        rel_here = here.relative_to(top).as_posix()
-        if skip is not None and rel_here == skip:
-            dirnames[:] = []
-            continue
-        for name in dirnames + filenames:
-            path = here / name
-            rel = path.relative_to(top).as_posix()
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[rel] = ("dir",)
-            else:
-                body = path.read_bytes()
-                found[rel] = ("file", len(body), hashlib.sha256(body).hexdigest())
-    return found
-
-
 def entries(world: World, **query: Any) -> dict[str, dict[str, Any]]:
     response = world.user.get(f"{world.ds_url}/entries", params={"recursive": "true", **query})
     assert response.status_code == 200, response.text
@@ -184,7 +160,7 @@ def entries(world: World, **query: Any) -> dict[str, dict[str, Any]]:
 
 
 def state_of(world: World, outside: Path) -> list[Any]:
-    return [tree(world.root, skip=".ddb/tmp"), tree(outside), entries(world)]
+    return [tree_snapshot(world.root, skip=".ddb/tmp"), tree_snapshot(outside), entries(world)]
 
 
 def assert_tmp_empty(world: World) -> None:
@@ -747,7 +723,7 @@ def test_a_move_that_fails_halfway_is_undone(
     (root / "a.txt").write_bytes(b"old a")
     (root / "pack.zip").write_bytes(zip_of(("a.txt", b"new a"), ("b/new.txt", b"b"),
                                            ("c/d/e.txt", b"e"), ("z.txt", b"z")))
-    before = tree(root)
+    before = tree_snapshot(root)
     real_replace = os.replace
     moves: list[Any] = []
 
@@ -764,4 +740,4 @@ def test_a_move_that_fails_halfway_is_undone(
     with pytest.raises(ToolError, match="moving 'z.txt' into the dataset failed"):
         archive_extract.run({"sourcePath": "pack.zip", "overwrite": True}, ctx)
     monkeypatch.undo()
-    assert tree(root) == before
+    assert tree_snapshot(root) == before

@@ -10,7 +10,6 @@ shows what reached the application after percent-decoding.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -24,7 +23,7 @@ import httpcore
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, World, new_world
+from tests.harness import LiveServer, World, new_world, tree_snapshot
 
 SECRET = b"outside-the-dataset-" + uuid.uuid4().hex.encode()
 
@@ -49,23 +48,6 @@ def raw_request(
     return httpx.Response(reply.status, headers=reply.headers, content=reply.content)
 
 
-def tree(top: Path) -> dict[str, tuple[str, ...]]:
-    """Every file, folder and symlink under ``top`` (symlinks not followed) with its content."""
-    found: dict[str, tuple[str, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        here = Path(dirpath)
-        for name in dirnames + filenames:
-            path = here / name
-            rel = path.relative_to(top).as_posix()
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[rel] = ("dir",)
-            else:
-                found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-    return found
-
-
 def folder_names(folder: Path) -> set[str]:
     """The names in one folder (the index's own SQLite files come and go)."""
     return {p.name for p in folder.iterdir() if not p.name.startswith("procplat.sqlite")}
@@ -77,7 +59,7 @@ def disk_state(world: World, *extra: Path) -> list[Any]:
     under the ``extra`` folders."""
     org_folder = world.root.parent
     above = [org_folder.parent, world.server.settings.data, world.server.settings.data.parent]
-    return [tree(org_folder), *(folder_names(p) for p in above), *(tree(p) for p in extra)]
+    return [tree_snapshot(org_folder), *(folder_names(p) for p in above), *(tree_snapshot(p) for p in extra)]
 
 
 @contextlib.contextmanager

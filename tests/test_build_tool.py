@@ -13,10 +13,9 @@ from typing import Any
 import laspy
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World, worker_running
+from tests.harness import World, kill_worker_running, write_geotiff
 
 
 def raster_bytes(tmp_path: Path, size: int = 512, *, seed: int = 0, dtype: str = "uint8",
@@ -28,13 +27,7 @@ def raster_bytes(tmp_path: Path, size: int = 512, *, seed: int = 0, dtype: str =
     else:
         y, x = np.mgrid[0:size, 0:size]
         data = np.stack([(x + seed) % 251, (y + seed) % 241, (x + y) % 239]).astype(dtype)
-    path = tmp_path / f"r-{seed}-{size}.tif"
-    with rasterio.open(
-        path, "w", driver="GTiff", width=size, height=size, count=3, dtype=dtype,
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.1, 0.1),
-    ) as dst:
-        dst.write(data)
-    return path.read_bytes()
+    return write_geotiff(tmp_path / f"r-{seed}-{size}.tif", data, pixel=0.1).read_bytes()
 
 
 def las_bytes(tmp_path: Path) -> bytes:
@@ -187,9 +180,6 @@ def test_cancel_mid_build_leaves_no_partial_files_and_the_index_unchanged(
 
 
 def test_worker_killed_mid_build_leaves_nothing_half_written(world: World, tmp_path: Path) -> None:
-    import os
-    import signal
-
     from distributed import Client
 
     for i in range(8):
@@ -204,10 +194,7 @@ def test_worker_killed_mid_build_leaves_nothing_half_written(world: World, tmp_p
                 break
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
-        address = worker_running(client, task_id)
-        assert address, "the build is not running on a worker"
-        pid = client.run(os.getpid, workers=[address])[address]
-        os.kill(pid, signal.SIGKILL)
+        kill_worker_running(client, task_id, what="the build")
         status = world.wait(task_id, timeout=180)
         client.wait_for_workers(2, timeout=60)
     # Dask runs the attempt again; it reuses what the killed one completed

@@ -457,9 +457,10 @@ def text_block(seed: int, size: int) -> bytes:
     return bytes(out[:size])
 
 
-@pytest.fixture
-def big_texts(tmp_path: Path) -> Path:
-    root = tmp_path / "texts"
+@pytest.fixture(scope="module")
+def big_texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """31 MiB of text in five files, written once for the module (its tests only read it)."""
+    root = tmp_path_factory.mktemp("big-texts") / "texts"  # the archive is named after it
     write_files(root, {
         "a/one.txt": text_block(1, 9 * 2**20),
         "a/two.csv": text_block(2, 12 * 2**20),

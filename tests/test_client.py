@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from procplat import client as pc
-from tests.conftest import LiveServer, World
+from tests.harness import LiveServer, World, big_text
 from tests.test_build_tool import raster_bytes
-from tests.test_tasks_api import big_text
 
 
 def connect(world: World, **kwargs: Any) -> pc.Client:

@@ -29,14 +29,12 @@ from typing import Any
 import httpx
 import jsonschema
 import kubernetes_validate
-import numpy as np
 import pytest
-import rasterio
 import sqlalchemy
 import yaml
 from distributed import Client
-from rasterio.transform import from_origin
 
+from tests.harness import rgbn_gradient, write_geotiff
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,19 +145,6 @@ def _running(pid: int, start: str) -> bool:
     return stat is not None and stat[19] == start and stat[0] != "Z"
 
 
-def _write_rgbn(path: Path, size: int) -> Path:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    bands = np.stack([x / size * 200 + 20, y / size * 200 + 20, (x + y) / size * 100 + 30,
-                      255 - x / size * 200]).astype(np.uint8)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05),
-        tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-    ) as dst:
-        dst.write(bands)
-    return path
-
-
 def test_dask_yaml_reaches_the_scheduler_the_workers_and_their_nannies(kit: Kit) -> None:
     with Client(kit.cluster_env["PROCPLAT_DASK_ADDRESS"], timeout="30s") as client:
         def worker_view(dask_worker: Any) -> dict[str, Any]:
@@ -202,7 +187,8 @@ def test_a_task_submitted_over_http_runs_on_the_kit_and_lands_in_postgres(
     kit: Kit, tmp_path: Path
 ) -> None:
     assert len(kit.urls) == REPLICAS
-    raster = _write_rgbn(tmp_path / "field.tif", 256)
+    raster = write_geotiff(tmp_path / "field.tif", rgbn_gradient(256), tile=256,
+                           compress="deflate")
     with kit.client(kit.urls[0]) as http:
         health = http.get("/sys/health")
         assert health.status_code == 200 and health.json()["dask"] is True, health.text
@@ -510,7 +496,8 @@ def test_local_cluster_script_passes_shellcheck() -> None:
 
 
 def test_measure_worker_memory_reports_a_peak_and_the_sizing_rule(tmp_path: Path) -> None:
-    raster = _write_rgbn(tmp_path / "small.tif", 512)
+    raster = write_geotiff(tmp_path / "small.tif", rgbn_gradient(512), tile=256,
+                           compress="deflate")
     result = subprocess.run(
         [sys.executable, str(CLUSTER / "measure_worker_memory.py"), str(raster), "--threads", "1",
          "--param", "formula=NDVI", "--param", "bandFilter=RGBN"],

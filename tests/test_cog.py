@@ -19,6 +19,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from rio_cogeo.cogeo import cog_validate
 
 import tools.cog
+from tests.harness import write_geotiff
 from tools.cog import CogInfo, write_cog
 from tools.contract import Cancelled
 
@@ -288,10 +289,7 @@ def test_tags_band_descriptions_and_bigtiff(tmp_path: Path, monkeypatch: pytest.
 def test_reads_a_lazy_file_whose_chunks_do_not_line_up(tmp_path: Path) -> None:
     src_path = tmp_path / "src.tif"
     pixels = rgb()
-    with rasterio.open(src_path, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=3,
-                       dtype="uint8", crs="EPSG:32633", transform=TRANSFORM, tiled=True,
-                       blockxsize=256, blockysize=256, compress="DEFLATE") as ds:
-        ds.write(pixels)
+    write_geotiff(src_path, pixels, transform=TRANSFORM, tile=256, compress="DEFLATE")
     da = rioxarray.open_rasterio(src_path, chunks={"band": -1, "y": 300, "x": 300}, lock=False)
     assert isinstance(da, xr.DataArray)
     dst = tmp_path / "out.tif"

@@ -10,23 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
-from tests.conftest import World
+from tests.harness import World, noise, write_geotiff
 
 SIZE, TILE = 512, 128  # 4 × 4 tiles
 
 
 def tiled_geotiff(path: Path, *, count: int = 4, seed: int = 0) -> Path:
     """A tiled DEFLATE GeoTIFF of noise (every tile holds real bytes)."""
-    data = np.random.default_rng(seed).integers(1, 255, (count, SIZE, SIZE), dtype=np.uint8)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=SIZE, height=SIZE, count=count, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05), tiled=True,
-        blockxsize=TILE, blockysize=TILE, compress="deflate",
-    ) as dst:
-        dst.write(data)
-    return path
+    return write_geotiff(path, noise(count, SIZE, seed=seed), tile=TILE, compress="deflate")
 
 
 def truncated(path: Path, fraction: float = 0.6) -> bytes:

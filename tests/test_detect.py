@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 from rasterio.errors import NotGeoreferencedWarning
 
+from tests import harness
 from tools.detect import ENTRY_TYPES, Detected, detect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +49,11 @@ def write_geotiff(
     **profile: Any,
 ) -> Path:
     """Write a small GeoTIFF with 10 m pixels (no CRS, no transform when ``crs`` is None)."""
-    georef: dict[str, Any] = {}
-    if crs is not None:
-        georef = {"crs": crs, "transform": Affine(10.0, 0.0, UTM33_ORIGIN[0],
-                                                  0.0, -10.0, UTM33_ORIGIN[1])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-            nodata=nodata, **georef, **profile,
-        ) as dst:
-            dst.write(np.ones((count, height, width), dtype=dtype))
-    return path
+        return harness.write_geotiff(path, np.ones((count, height, width), dtype=dtype), crs=crs,
+                                     transform=harness.grid(10.0, UTM33_ORIGIN), nodata=nodata,
+                                     **profile)
 
 
 def dms(degrees: int, minutes: int, seconds: float) -> tuple[IFDRational, ...]:

@@ -14,7 +14,7 @@ import pytest
 
 from procplat import client as pc
 from tests.conftest import LiveServer, World
-from tests.test_cli import procplat
+from tests.harness.cli import procplat
 
 NO_TOKEN = "(no token was sent; private datasets are visible to members only)"
 

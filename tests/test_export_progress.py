@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
-from tests.conftest import World
+from tests.harness import World, write_geotiff, write_geotiff_by_windows
 from tools.raster_export import export
 
 SIZE = 3072  # 6 × 6 tiles of 512² in 2 × 2 pieces of 2048²: a piece is 44% of the pixels
@@ -22,15 +22,10 @@ SIZE = 3072  # 6 × 6 tiles of 512² in 2 × 2 pieces of 2048²: a piece is 44% 
 
 def write_source(path: Path) -> Path:
     rng = np.random.default_rng(0)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=SIZE, height=SIZE, count=4, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05), tiled=True,
-        blockxsize=512, blockysize=512, compress="deflate",
-    ) as dst:
-        for row in range(0, SIZE, 512):
-            window = ((row, row + 512), (0, SIZE))
-            dst.write(rng.integers(1, 255, (4, 512, SIZE), dtype=np.uint8), window=window)
-    return path
+    strips = ((Window(0, row, SIZE, 512), rng.integers(1, 255, (4, 512, SIZE), dtype=np.uint8))
+              for row in range(0, SIZE, 512))
+    return write_geotiff_by_windows(path, strips, count=4, height=SIZE, width=SIZE,
+                                    dtype="uint8", tile=512, compress="deflate")
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +100,7 @@ def test_notebook_export_reports_rendering_tile_by_tile_on_a_cluster(
 
 def test_a_single_piece_export_says_one_piece(tmp_path: Path) -> None:
     small = tmp_path / "small.tif"
-    with rasterio.open(small, "w", driver="GTiff", width=600, height=600, count=3,
-                       dtype="uint8", crs="EPSG:32633",
-                       transform=from_origin(0, 600, 1, 1)) as dst:
-        dst.write(np.ones((3, 600, 600), np.uint8))
+    write_geotiff(small, np.ones((3, 600, 600), np.uint8), transform=from_origin(0, 600, 1, 1))
     recorder = Recorder()
     export(small, tmp_path / "out.tif", reporter=recorder)
     assert any("1 piece of 2048², 1 overview," in line for line in recorder.lines), recorder.lines

@@ -15,7 +15,7 @@ import rasterio
 from rasterio.transform import Affine, from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World, worker_running
+from tests.harness import World, kill_worker_running, new_world, write_geotiff
 
 ORIGIN = (500000.0, 4500000.0)
 PIXEL = 0.05
@@ -28,13 +28,8 @@ def write_band(
     path: Path, data: np.ndarray, *, transform: Affine = GRID, crs: str = "EPSG:32633",
     nodata: float | None = None, tile: int = 256,
 ) -> Path:
-    with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, tiled=True,
-        blockxsize=tile, blockysize=tile, compress="deflate",
-    ) as dst:
-        dst.write(data, 1)
-    return path
+    return write_geotiff(path, data, crs=crs, transform=transform, nodata=nodata, tile=tile,
+                         compress="deflate")
 
 
 def noise(seed: int, shape: tuple[int, int] = (HEIGHT, WIDTH), dtype: Any = np.uint16) -> np.ndarray:
@@ -161,9 +156,7 @@ def write_variant(path: Path, options: dict[str, Any]) -> None:
     shape = options.pop("shape", SMALL)
     dtype = options.pop("dtype", np.uint16)
     if options.pop("count", 1) == 3:
-        with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=3,
-                           dtype=dtype, crs="EPSG:32633", transform=GRID) as dst:
-            dst.write(np.stack([noise(s, shape, dtype) for s in range(3)]))
+        write_geotiff(path, np.stack([noise(s, shape, dtype) for s in range(3)]), transform=GRID)
         return
     write_band(path, noise(9, shape, dtype), **options)
 
@@ -265,19 +258,12 @@ def test_worker_killed_mid_write_leaves_no_partial_file_and_the_retry_completes(
     make_server: Any, big_bands: list[Path]
 ) -> None:
     """One service (LocalCluster) is enough: the kill is Dask's business, the same on both."""
-    import os
-    import signal
-
     from distributed import Client
-
-    from tests.conftest import new_world
 
     world = new_world(make_server())
     task_id = submit_big(world, big_bands)
     with Client(world.server.settings.dask_address, timeout="30s") as client:
-        address = worker_running(client, task_id)
-        assert address, "the merge is not running on a worker"
-        os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+        kill_worker_running(client, task_id, what="the merge")
         status = world.wait(task_id, timeout=120)
         client.wait_for_workers(2, timeout=60)
     assert status["state"] == "Succeeded", status

@@ -35,7 +35,9 @@ from procplat.core.tasks import request_hash
 from procplat.index import migrate
 from procplat.index.db import utcnow
 from procplat.index.models import Base
-from tests.conftest import DATABASES, fresh_database_url, settings_for, start_server
+from tests.conftest import DATABASES, fresh_database_url
+from tests.harness import cli as harness_cli
+from tests.harness import settings_for, start_server
 from tests.processes import free_port, wait_state
 
 LEGACY_SCHEMAS = Path(__file__).with_name("legacy_schemas")
@@ -258,10 +260,8 @@ def test_a_revision_that_copies_the_tasks_table_keeps_its_log_lines_and_artifact
 
 
 def procplat(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCPLAT_")}
-    env |= {"PROCPLAT_DATA": str(data), "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "procplat.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return harness_cli.procplat(*args, timeout=120, env={
+        "PROCPLAT_DATA": str(data), "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
 @pytest.mark.parametrize("made_by", ["nothing", "df77525"])
@@ -326,14 +326,7 @@ def test_serve_refuses_an_index_upgraded_by_newer_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["db"], ["db", "upgrade"], ["db", "current"]])
-def test_db_commands_have_help_with_an_example(
-    command: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    from procplat.cli import main
-
-    with pytest.raises(SystemExit) as exited:
-        main([*command, "--help"])
-    assert exited.value.code == 0
-    shown = capsys.readouterr().out
+def test_db_commands_have_help_with_an_example(command: list[str]) -> None:
+    shown = harness_cli.cli_help(command)
     assert shown.startswith(f"usage: procplat {' '.join(command)}")
     assert "example:\n  procplat " in shown and "PROCPLAT_DATABASE_URL" in shown

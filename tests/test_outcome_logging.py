@@ -15,15 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 from distributed import Client
 from rasterio.windows import Window
 
 from tests import broken_tool
-from tests.conftest import World, new_world
+from tests.harness import World, big_text, new_world, write_geotiff_by_windows
 from tests.processes import ServiceProcess, start_dask, start_service, wait_state
-from tests.test_tasks_api import big_text
 
 PROCPLAT_LINE = re.compile(r" procplat\.\S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -31,16 +28,11 @@ PROCPLAT_LINE = re.compile(r" procplat\.\S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) 
 def busy_raster(path: Path, size: int = 4096) -> Path:
     """A 4-band raster of noise (slow to render and encode), written in a second."""
     tile = np.random.default_rng(1).integers(1, 255, (4, 512, 512), dtype=np.uint8)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-        crs="EPSG:32633", transform=Affine(0.05, 0, 500000, 0, -0.05, 4500000), nodata=0,
-        tiled=True, blockxsize=512, blockysize=512, compress="deflate", zlevel=1,
-        photometric="MINISBLACK",
-    ) as dst:
-        for row in range(0, size, 512):
-            for col in range(0, size, 512):
-                dst.write(tile, window=Window(col, row, 512, 512))
-    return path
+    tiles = ((Window(col, row, 512, 512), tile)
+             for row in range(0, size, 512) for col in range(0, size, 512))
+    return write_geotiff_by_windows(path, tiles, count=4, height=size, width=size,
+                                    dtype="uint8", nodata=0, tile=512, compress="deflate",
+                                    zlevel=1, photometric="MINISBLACK")
 
 
 @pytest.fixture(params=["local-cluster", "dask-processes"])

@@ -20,10 +20,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 
-from tests.conftest import World
+from tests.harness import World, write_geotiff
 from tools.safepath import (
     MAX_NAME_BYTES,
     UnsafePath,
@@ -51,12 +49,7 @@ def tasks(world: World) -> list[Any]:
 
 def write_raster(path: Path, size: int = 64) -> bytes:
     data = (np.arange(size * size * 3, dtype=np.uint32) % 251).astype(np.uint8)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.1, 0.1),
-    ) as dst:
-        dst.write(data.reshape(3, size, size))
-    return path.read_bytes()
+    return write_geotiff(path, data.reshape(3, size, size), pixel=0.1).read_bytes()
 
 
 def disposition(header: str) -> tuple[str, str]:

@@ -7,21 +7,14 @@ import io
 import zipfile
 
 import numpy as np
-import rasterio
-from rasterio.transform import from_origin
 
-from tests.conftest import LiveServer, World, new_world
+from tests.harness import LiveServer, World, new_world, write_geotiff
 
 
 def geotiff_bytes(tmp_path, name: str = "ortho.tif") -> bytes:
     path = tmp_path / name
     data = (np.arange(64 * 64 * 3) % 251).astype("uint8").reshape(3, 64, 64)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.1, 0.1),
-    ) as dst:
-        dst.write(data)
-    return path.read_bytes()
+    return write_geotiff(path, data, pixel=0.1).read_bytes()
 
 
 def test_first_start_creates_admin_with_configured_token(server: LiveServer) -> None:

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import ColorInterp
-from rasterio.transform import from_origin
 
-from tests.conftest import World
+from tests.harness import World, write_geotiff
 from tools import colormaps, sensors, spectral
 
 SIZE = 256
@@ -23,18 +22,8 @@ SIZE = 256
 def write(path: Path, data: np.ndarray, *, descriptions: list[str] | None = None,
           colorinterp: list[ColorInterp] | None = None) -> Path:
     """A GeoTIFF as rasterio writes it by default (a 4-band Byte one gets band 4 as alpha)."""
-    with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-        count=data.shape[0], dtype=data.dtype, crs="EPSG:32633",
-        transform=from_origin(500000, 4500000, 0.1, 0.1), tiled=True, blockxsize=128,
-        blockysize=128, compress="deflate",
-    ) as dst:
-        dst.write(data)
-        for band, text in enumerate(descriptions or (), start=1):
-            dst.set_band_description(band, text)
-        if colorinterp:
-            dst.colorinterp = colorinterp
-    return path
+    return write_geotiff(path, data, pixel=0.1, tile=128, compress="deflate",
+                         descriptions=descriptions or (), colorinterp=colorinterp or ())
 
 
 def vegetation(count: int = 4, *, nir_gain: float = 2.0) -> np.ndarray:

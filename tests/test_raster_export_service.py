@@ -9,28 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import World, worker_running
+from tests.harness import World, kill_worker_running, rgbn_gradient, write_geotiff
 from tools.raster_export import export
 
 
 def write_rgbn(path: Path, size: int, *, tile: int = 256) -> Path:
     """A smooth 4-band uint8 RGBN raster (compresses well) with a nodata corner."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    bands = np.stack([
-        (x / size * 200 + 20), (y / size * 200 + 20), ((x + y) / size * 100 + 30),
-        (255 - x / size * 200),
-    ]).astype(np.uint8)
+    bands = rgbn_gradient(size)
     bands[:, : size // 8, : size // 8] = 0
-    with rasterio.open(
-        path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4500000, 0.05, 0.05), nodata=0,
-        tiled=True, blockxsize=tile, blockysize=tile, compress="deflate", photometric="MINISBLACK",
-    ) as dst:
-        dst.write(bands)
-    return path
+    return write_geotiff(path, bands, tile=tile, nodata=0, compress="deflate",
+                         photometric="MINISBLACK")
 
 
 @pytest.fixture(scope="module")
@@ -110,21 +100,13 @@ def test_export_reports_phases_and_cancel_leaves_no_output(world: World, tmp_pat
             break
         time.sleep(0.1)
     assert "rendering" in phases
-    started = time.monotonic()
-    assert world.user.delete(f"{world.tasks_url}/{task_id}").json()["state"] == "Deleted"
-    work_dir = world.server.settings.work_dir
-    while any(p.name.startswith(task_id) for p in work_dir.iterdir()):
-        assert time.monotonic() - started < 10, "the export did not stop within 10 s"
-        time.sleep(0.1)
+    world.cancel_until_stopped(task_id, within=10, what="the export")
     assert not (world.server.settings.artifacts_dir / task_id).exists()
 
 
 def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
     world: World, tmp_path: Path
 ) -> None:
-    import os
-    import signal
-
     from distributed import Client
 
     big = write_rgbn(tmp_path / "kill.tif", 6144, tile=512)
@@ -133,14 +115,7 @@ def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
                                              "bandFilter": "RGBN"}).json()["taskId"]
     world.wait(task_id, states=("Processing",))
     with Client(world.server.settings.dask_address, timeout="30s") as client:
-        address = None
-        deadline = time.monotonic() + 30
-        while address is None and time.monotonic() < deadline:
-            address = worker_running(client, task_id)
-            time.sleep(0.05)
-        assert address, "the export never ran on a worker"
-        pid = client.run(os.getpid, workers=[address])[address]
-        os.kill(pid, signal.SIGKILL)
+        kill_worker_running(client, task_id, what="the export", within=30)
         status = world.wait(task_id, timeout=180)
         client.wait_for_workers(2, timeout=60)
     # Dask re-runs the attempt elsewhere (its allowed-failures); the artifact comes from a
@@ -158,7 +133,7 @@ def test_worker_killed_mid_export_does_not_corrupt_the_artifact(
 
 
 def test_cogs_use_the_operators_tile_size(make_server, small_raster: Path, tmp_path: Path) -> None:
-    from tests.conftest import new_world
+    from tests.harness import new_world
 
     live = make_server(default_raster_tile_size=256)
     w = new_world(live)

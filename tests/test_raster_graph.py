@@ -22,6 +22,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from tests.harness import write_geotiff
 from tools import colormaps, raster_graph, sensors, spectral
 from tools.contract import InvalidParams
 from tools.raster_graph import (
@@ -151,7 +152,7 @@ def reference_index(formula: str, bands: dict[str, np.ndarray], nodata: dict[str
     used = {k: bands[k].astype(np.float32) for k in tokens(required)}
     eps = np.float32(1e-10)
     with np.errstate(all="ignore"):
-        value = np.asarray(eval(expr, {}, dict(used)), dtype=np.float32)  # noqa: S307
+        value = np.asarray(eval(expr, {}, dict(used)), dtype=np.float32)
         invalid = np.isnan(value)
         for letter, band in used.items():
             nd = nodata.get(letter)
@@ -161,7 +162,7 @@ def reference_index(formula: str, bands: dict[str, np.ndarray], nodata: dict[str
             invalid |= alpha == 0
         den = _denominator(expr)
         if den is not None:
-            invalid |= np.abs(np.asarray(eval(den, {}, dict(used)), dtype=np.float32)) < eps  # noqa: S307
+            invalid |= np.abs(np.asarray(eval(den, {}, dict(used)), dtype=np.float32)) < eps
         if formula == "vNDVI":
             invalid |= (used["R"] <= eps) | (used["G"] <= eps) | (used["B"] <= eps)
     return np.where(invalid, np.float32(np.nan), value)
@@ -195,26 +196,15 @@ def reference_percentiles(values: np.ndarray) -> tuple[float, float]:
 def write_tif(path: Path, data: np.ndarray, *, nodata: float | None = None, tiled: bool = True,
               colorinterp: list[ColorInterp] | None = None, tags: dict[str, str] | None = None,
               descriptions: list[str] | None = None, block: int = 256) -> Path:
-    count, height, width = data.shape
-    profile: dict[str, Any] = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
-        crs=CRS, transform=TRANSFORM, nodata=nodata, compress="deflate",
-    )
-    if tiled:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    if data.dtype == np.uint8 and count in (3, 4):
-        profile["photometric"] = "RGB" if colorinterp and ColorInterp.red in colorinterp else "MINISBLACK"
+    options: dict[str, Any] = {}
+    if data.dtype == np.uint8 and data.shape[0] in (3, 4):
+        options["photometric"] = "RGB" if colorinterp and ColorInterp.red in colorinterp else "MINISBLACK"
     if colorinterp and ColorInterp.alpha in colorinterp:
-        profile["alpha"] = "YES"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if colorinterp:
-            dst.colorinterp = colorinterp
-        if tags:
-            dst.update_tags(**tags)
-        for i, text in enumerate(descriptions or []):
-            dst.set_band_description(i + 1, text)
-    return path
+        options["alpha"] = "YES"
+    return write_geotiff(path, data, crs=CRS, transform=TRANSFORM, nodata=nodata,
+                         compress="deflate", tile=block if tiled else None,
+                         colorinterp=colorinterp or (), tags=tags,
+                         descriptions=descriptions or (), **options)
 
 
 def read(path: Path) -> np.ndarray:

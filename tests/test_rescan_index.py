@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 from sqlalchemy import update
 
 from procplat.index.models import Entry
-from tests.conftest import World
+from tests.harness import World, grid, write_geotiff
 from tests.test_build_tool import GEOJSON, las_bytes
 from tests.test_detect import gps_exif, write_picture
 
@@ -25,12 +23,8 @@ def geotiff_bytes(tmp_path: Path, crs: str, *, name: str = "r.tif") -> bytes:
     path = tmp_path / name
     origin = (500000, 4500000) if crs != "EPSG:4326" else (15.0, 45.0)
     step = 0.1 if crs != "EPSG:4326" else 1e-6
-    with rasterio.open(
-        path, "w", driver="GTiff", width=64, height=32, count=1, dtype="uint16",
-        crs=crs, transform=from_origin(*origin, step, step), nodata=0,
-    ) as dst:
-        dst.write(np.ones((1, 32, 64), dtype="uint16"))
-    return path.read_bytes()
+    return write_geotiff(path, np.ones((1, 32, 64), dtype="uint16"), crs=crs,
+                         transform=grid(step, origin), nodata=0).read_bytes()
 
 
 def jpeg_bytes(tmp_path: Path, *, gps: bool, name: str = "p.jpg") -> bytes:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import start_dask, start_service, wait_state
-from tests.test_tasks_api import big_text
+from tests.harness import big_text
+from tests.processes import ServiceProcess, start_dask, start_service, wait_state
 from tools import bulk_download
 from tools.contract import PrintReporter, ToolContext
 
@@ -25,6 +25,17 @@ def _setup(client: httpx.Client) -> tuple[httpx.Client, str]:
     assert user.post("/orgs", json={"slug": "acme"}).status_code == 201
     assert user.post("/orgs/acme/ds", json={"slug": "survey"}).status_code == 201
     return user, "/orgs/acme/ds/survey/tasks"
+
+
+def _big_download_processing(service: ServiceProcess, n_bytes: int, *,
+                             seed: int) -> tuple[httpx.Client, str, str]:
+    """A new user's bulk-download of ``n_bytes`` of big text, once it is Processing: the user's
+    client, the tasks URL and the task id."""
+    user, tasks = _setup(service.client())
+    user.put("/orgs/acme/ds/survey/files/big/text.txt", content=big_text(n_bytes, seed=seed))
+    task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
+    wait_state(user, f"{tasks}/{task_id}", ("Processing",))
+    return user, tasks, task_id
 
 
 def _expected_sha(data: Path, tmp_path: Path, paths: list[str]) -> str:
@@ -94,10 +105,7 @@ def test_task_gives_up_after_bounded_attempts(tmp_path: Path) -> None:
     env = {"PROCPLAT_MAX_TASK_ATTEMPTS": "1"}
     first = start_service(data, env=env)
     try:
-        user, tasks = _setup(first.client())
-        user.put("/orgs/acme/ds/survey/files/big/text.txt", content=big_text(BIG // 2, seed=8))
-        task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
-        wait_state(user, f"{tasks}/{task_id}", ("Processing",))
+        user, tasks, task_id = _big_download_processing(first, BIG // 2, seed=8)
     finally:
         first.kill()
     second = start_service(data, env=env)
@@ -116,10 +124,7 @@ def test_external_scheduler_task_is_reattached_after_service_restart(tmp_path: P
     try:
         first = start_service(data, env=env)
         try:
-            user, tasks = _setup(first.client())
-            user.put("/orgs/acme/ds/survey/files/big/text.txt", content=big_text(BIG, seed=9))
-            task_id = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}}).json()["taskId"]
-            wait_state(user, f"{tasks}/{task_id}", ("Processing",))
+            user, tasks, task_id = _big_download_processing(first, BIG, seed=9)
         finally:
             first.terminate()
         second = start_service(data, env=env)

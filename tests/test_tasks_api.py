@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
-import random
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -14,23 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveServer, World, new_world
-
-
-@functools.lru_cache(maxsize=8)
-def _text_block(seed: int) -> bytes:
-    rng = random.Random(seed)
-    words = [hashlib.sha1(str(i).encode()).hexdigest()[: rng.randint(3, 12)] for i in range(5000)]
-    lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(40_000))
-    return "\n".join(lines).encode()
-
-
-def big_text(n_bytes: int, seed: int = 0) -> bytes:
-    """Text that deflates at ~30 MB/s (slow enough to keep a task busy for a while).
-
-    A 2 MB block repeated: deflate's 32 KiB window cannot see the repetition."""
-    block = _text_block(seed)
-    return (block * (n_bytes // len(block) + 1))[:n_bytes]
+from tests.harness import LiveServer, World, big_text, new_world
 
 
 def test_submit_runs_bulk_download_to_a_downloadable_artifact(world: World) -> None:

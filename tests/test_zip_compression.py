@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from PIL import Image
 
-from tests.conftest import World
+from tests.harness import World, write_geotiff
 from tools.zip_policy import Member, compress_type
 
 TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 4500000)
@@ -29,10 +28,7 @@ def geotiff(path: Path, size: int, **options: object) -> Path:
     speckle = rng.random(ground.shape) < 0.05
     noise = speckle * rng.integers(-9, 10, ground.shape)
     bands = np.stack([ground + noise + k * 9 for k in range(3)])
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3,
-                       dtype="uint8", crs="EPSG:32633", transform=TRANSFORM, **options) as dst:
-        dst.write(bands.clip(0, 255).astype(np.uint8))
-    return path
+    return write_geotiff(path, bands.clip(0, 255).astype(np.uint8), transform=TRANSFORM, **options)
 
 
 def jpeg_bytes() -> bytes:

@@ -280,7 +280,7 @@ def coarse_estimate(pair: Pair, overlap: Overlap, *, mode: reg.Mode, reporter: R
 class _OffsetSampler(reg.PatchSampler):
     """A sampler seen from a sub-window starting at (row0, col0) of its window."""
 
-    def __init__(self, base: reg.PatchSampler, row0: int, col0: int) -> None:  # noqa: D107
+    def __init__(self, base: reg.PatchSampler, row0: int, col0: int) -> None:
         self._base, self._row0, self._col0 = base, row0, col0
         self.shape = base.shape
 

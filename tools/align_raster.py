@@ -156,17 +156,17 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
 class AlignResult:
     tx: float
     ty: float
-    thetaDeg: float  # noqa: N815 - the JSON names of the task result
+    thetaDeg: float  # the JSON names of the task result
     scale: float
-    shiftZ: float | None  # noqa: N815
-    inlierCount: int  # noqa: N815
-    inlierRatio: float  # noqa: N815
+    shiftZ: float | None
+    inlierCount: int
+    inlierRatio: float
     rmse: float
     confidence: float
     mode: str
     warning: str | None
     centre: tuple[float, float] = (0.0, 0.0)
-    pixelSize: float = 1.0  # noqa: N815
+    pixelSize: float = 1.0
     output: str | None = None
 
     def to_json(self) -> dict[str, Any]:

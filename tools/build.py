@@ -192,7 +192,7 @@ def build_entry(
         staged.replace(dst)
     except Cancelled:
         raise
-    except Exception as exc:  # noqa: BLE001 - the entry's build failed; others go on
+    except Exception as exc:  # the entry's build failed; others go on
         told = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
         message = _short(told.replace(str(dataset_root), ""))
         reporter.log(f"{entry.path}: build failed: {message}")

@@ -179,7 +179,7 @@ def _detect_geodata(path: Path, entry_type: str) -> Detected:
     )
     try:
         properties = read(path)
-    except Exception as exc:  # noqa: BLE001 - any read failure becomes an error property
+    except Exception as exc:  # any read failure becomes an error property
         properties = {"error": _short_error(path, exc)}
     return Detected(type=entry_type, properties=properties)
 
@@ -199,13 +199,13 @@ def _matching_suffix(name: str) -> str | None:
 def _detect_tiff(path: Path) -> Detected:
     try:
         header = _read_raster_header(path)
-    except Exception as exc:  # noqa: BLE001 - any read failure becomes an error property
+    except Exception as exc:  # any read failure becomes an error property
         return _unreadable(path, exc)
     if header.georaster is not None:
         return Detected(type="georaster", properties=header.georaster)
     try:
         picture = _read_picture(path)
-    except Exception:  # noqa: BLE001 - e.g. float or 4-band uint16 TIFF: Pillow cannot
+    except Exception:  # e.g. float or 4-band uint16 TIFF: Pillow cannot
         picture = _Picture(width=header.width, height=header.height)
     return _picture_detected(picture)
 
@@ -213,10 +213,10 @@ def _detect_tiff(path: Path) -> Detected:
 def _detect_picture(path: Path) -> Detected:
     try:
         picture = _read_picture(path)
-    except Exception as pillow_error:  # noqa: BLE001
+    except Exception as pillow_error:
         try:
             header = _read_raster_header(path)
-        except Exception:  # noqa: BLE001 - report Pillow's error, the more telling one
+        except Exception:  # report Pillow's error, the more telling one
             return _unreadable(path, pillow_error)
         picture = _Picture(width=header.width, height=header.height)
     return _picture_detected(picture)
@@ -478,7 +478,7 @@ def _crs_string(crs: CRS) -> str:
     """``EPSG:<code>`` when the CRS has one, else its WKT."""
     try:
         epsg = crs.to_epsg()
-    except Exception:  # noqa: BLE001 - no EPSG lookup possible: fall back to WKT
+    except Exception:  # no EPSG lookup possible: fall back to WKT
         epsg = None
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
@@ -511,7 +511,7 @@ def _footprint(src: DatasetReader) -> dict[str, Any] | None:
     xs, ys = zip(*_map_points(src, _pixel_ring(src.width, src.height)), strict=True)
     try:
         lons, lats = warp_transform(src.crs, "EPSG:4326", list(xs), list(ys))
-    except Exception:  # noqa: BLE001 - a CRS that cannot reach WGS 84: no footprint
+    except Exception:  # a CRS that cannot reach WGS 84: no footprint
         return None
     if not all(math.isfinite(v) for v in (*lons, *lats)):
         return None

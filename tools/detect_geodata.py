@@ -83,7 +83,7 @@ def bbox_footprint(crs: str, bounds: list[float]) -> dict[str, Any] | None:
     xs, ys = zip(*ring)
     try:
         lons, lats = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
-    except Exception:  # noqa: BLE001 - a CRS that cannot reach WGS 84: no footprint
+    except Exception:  # a CRS that cannot reach WGS 84: no footprint
         return None
     if not all(math.isfinite(v) for v in (*lons, *lats)):
         return None
@@ -102,7 +102,7 @@ def _crs_text(crs: Any) -> str | None:
         return None
     try:
         epsg = crs.to_epsg()
-    except Exception:  # noqa: BLE001 - no EPSG lookup possible: fall back to WKT
+    except Exception:  # no EPSG lookup possible: fall back to WKT
         epsg = None
     return f"EPSG:{epsg}" if epsg else str(crs.to_wkt())
 
