@@ -24,7 +24,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from tests.conftest import World
-from tools.safepath import (
+from tools.runtime.safepath import (
     MAX_NAME_BYTES,
     UnsafePath,
     normalize_relpath,

@@ -15,7 +15,8 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from tests.conftest import World
-from tools import colormaps, sensors, spectral
+from tools.raster import sensors
+from tools.render import colormaps, spectral
 
 SIZE = 256
 

@@ -16,7 +16,7 @@ from affine import Affine
 from PIL import Image
 
 from tests.conftest import World
-from tools.zip_policy import Member, compress_type
+from tools.archive.zip_policy import Member, compress_type
 
 TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 4500000)
 

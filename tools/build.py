@@ -1,7 +1,7 @@
 """The ``build`` tool: derivatives of entries under ``.ddb/build/<entry hash>/``.
 
 - georaster → ``cog.tif``, a Cloud-Optimized GeoTIFF written on the cluster by
-  :func:`tools.cog.write_cog` from :func:`tools.raster_graph.open_raster`;
+  :func:`tools.raster.cog.write_cog` from :func:`tools.raster.open_raster`;
 - pointcloud → ``cloud.copc.laz`` (COPC) with ``pdal translate``;
 - vector → ``tiles.pmtiles`` (vector tiles) with ``ogr2ogr -f PMTiles`` (GDAL ≥ 3.8).
 
@@ -40,8 +40,7 @@ from tools.contract import (
     ToolResult,
     ToolSpec,
 )
-from tools.raster_checks import RasterDamaged
-from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
+from tools.runtime.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 BUILDABLE_TYPES = frozenset(("georaster", "pointcloud", "vector"))
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -97,7 +96,7 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     if not found.exists():
         raise InvalidParams(f"entry '{path}' does not exist")
     if found.is_file() and found.suffix.lower() in RASTER_SUFFIXES:
-        from tools.raster_graph import read_header
+        from tools.raster import RasterDamaged, read_header
 
         try:
             read_header(found, name=normalize_relpath(path))
@@ -205,9 +204,8 @@ def build_entry(
 
 def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | None,
                blocksize: int, name: str) -> None:
-    from tools.cog import write_cog
-    from tools.fanout import StopSignal
-    from tools.raster_graph import open_raster
+    from tools.raster import open_raster, write_cog
+    from tools.runtime.fanout import StopSignal
 
     da = open_raster(src, name=name)
     header = da.attrs["raster_header"]

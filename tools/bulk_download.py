@@ -1,15 +1,15 @@
 """The ``bulk-download`` tool: a ZIP64 archive of a selection of entries or a whole dataset.
 
-Members come from :func:`tools.zip_policy.archive_members` (folders recursively; no paths =
+Members come from :func:`tools.archive.zip_policy.archive_members` (folders recursively; no paths =
 the whole dataset with ``.ddb`` but without ``.ddb/build`` and ``.ddb/tmp``) and are
-compressed per :func:`tools.zip_policy.compress_type`, decided once per file by what the file
+compressed per :func:`tools.archive.zip_policy.compress_type`, decided once per file by what the file
 is (compressed formats and data stored, the rest deflated at zlib's default level, 6). Files are streamed in 1 MiB chunks into a
 temporary ``.<name>.partial`` in the work folder, renamed to the final name at the end and
 removed on cancellation or error.
 
 Deflating is the slow part (~30 MB/s a core), so files of at least :data:`PARALLEL_MIN` that
 are deflated are cut into :data:`PIECE` byte pieces compressed in parallel on the cluster
-(:mod:`tools.fanout`), the way pigz does it: each piece is primed with the 32 KiB before it
+(:mod:`tools.runtime.fanout`), the way pigz does it: each piece is primed with the 32 KiB before it
 and ends on a byte boundary (a sync flush; the last piece finishes the stream), so the pieces
 concatenate into one valid deflate stream. The archive is written in order while the pieces
 run, and progress advances as pieces finish. The same input gives the same bytes every time.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.archive.zip_policy import Member, archive_members, compress_type
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -36,9 +37,8 @@ from tools.contract import (
     ToolResult,
     ToolSpec,
 )
-from tools.fanout import StopSignal, fan_out
-from tools.safepath import output_file_name
-from tools.zip_policy import Member, archive_members, compress_type
+from tools.runtime.fanout import StopSignal, fan_out
+from tools.runtime.safepath import output_file_name
 
 CHUNK = 1024 * 1024
 FORCE_ZIP64_FROM = 1024**3

@@ -174,7 +174,7 @@ class ToolContext:
     dataset_root: Path
     work_dir: Path
     reporter: Reporter
-    cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.fanout)
+    cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.runtime.fanout)
     limits: ToolLimits = field(default_factory=ToolLimits)
     entries: tuple[IndexedEntry, ...] = ()  # filled only for tools with ``reads_index``
 

@@ -6,8 +6,8 @@ hold exactly one band (multi-band inputs are refused rather than guessed at) and
 CRS, width, height, data type, nodata value and pixel grid: pixel size (and rotation terms)
 within 1%, origin less than one pixel away. The output takes the first input's grid; band
 *i* is input *i*, described by its file stem. The stack is a lazy graph of the inputs
-(:func:`tools.raster_graph.open_raster`, chunked alike) written by
-:func:`tools.cog.write_cog` (phases ``checking``, then ``rendering``, ``overviews``,
+(:func:`tools.raster.open_raster`, chunked alike) written by
+:func:`tools.raster.cog.write_cog` (phases ``checking``, then ``rendering``, ``overviews``,
 ``assembling``).
 
 As a service task the COG is written inside ``.ddb/tmp/`` and renamed onto ``outputPath``
@@ -31,7 +31,6 @@ from typing import Any
 import dask.array
 import xarray as xr
 
-from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -41,15 +40,15 @@ from tools.contract import (
     ToolResult,
     ToolSpec,
 )
-from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, RasterHeader, open_raster
-from tools.safepath import (
+from tools.raster import DEFAULT_CHUNK_PX, CogInfo, RasterHeader, open_raster, write_cog
+from tools.runtime.fanout import StopSignal
+from tools.runtime.safepath import (
     UnsafePath,
     lstat_in_dataset,
     normalize_relpath,
     resolve_in_dataset,
 )
-from tools.staging import move_into_dataset, staging
+from tools.runtime.staging import move_into_dataset, staging
 
 MIN_INPUTS = 2
 MAX_INPUTS = 256

@@ -1,9 +1,9 @@
 """The ``raster-export`` tool: a raster rendered with a spectral index and colormap, a band
 composite or a preset, written as a Cloud-Optimized GeoTIFF.
 
-The work is a lazy graph (:mod:`tools.raster_graph`): statistics the rendering needs
+The work is a lazy graph (:mod:`tools.render.graph`): statistics the rendering needs
 (percentiles, min/max) are computed first on the cluster (phase ``percentiles``), then
-:func:`tools.cog.write_cog` computes and compresses the tiles and overviews in parallel
+:func:`tools.raster.cog.write_cog` computes and compresses the tiles and overviews in parallel
 pieces (phases ``rendering``, ``overviews``, ``assembling``). In a notebook::
 
     from tools.raster_export import export
@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools import colormaps, fanout, sensors, spectral
-from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -26,9 +24,11 @@ from tools.contract import (
     ToolResult,
     ToolSpec,
 )
-from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, filter_text, plan_export, render
-from tools.safepath import (
+from tools.raster import DEFAULT_CHUNK_PX, CogInfo, sensors, write_cog
+from tools.render import ExportPlan, colormaps, filter_text, plan_export, render, spectral
+from tools.runtime import fanout
+from tools.runtime.fanout import StopSignal
+from tools.runtime.safepath import (
     derived_file_name,
     normalize_relpath,
     output_file_name,

@@ -2,7 +2,7 @@
 (or of the entries of the listed ``types``) with :func:`tools.detect.detect`, the code
 uploads use.
 
-Files are checked in small batches spread over the cluster (:func:`tools.fanout.fan_out`);
+Files are checked in small batches spread over the cluster (:func:`tools.runtime.fanout.fan_out`);
 a file whose size or modification time differs from the index is hashed again, so a file
 replaced behind the index's back gets its new hash (and its build becomes stale). A file
 that is missing or that its reader cannot read (``error`` in its properties) is an error:
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools import fanout
 from tools.contract import (
     EntryUpdate,
     IndexedEntry,
@@ -33,7 +32,8 @@ from tools.contract import (
     ToolSpec,
 )
 from tools.detect import ENTRY_TYPES, detect
-from tools.hashing import sha256_file
+from tools.runtime import fanout
+from tools.runtime.hashing import sha256_file
 
 BATCH_SIZE = 8
 MAX_ERRORS_LOGGED = 20

@@ -42,8 +42,8 @@ from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
 from procplat.index.lease import lease_for
 from procplat.index.models import Artifact, Task
 from procplat.settings import Settings
-from tools.safepath import SERVICE_FOLDER
-from tools.staging import STAGING_NAME
+from tools.runtime.safepath import SERVICE_FOLDER
+from tools.runtime.staging import STAGING_NAME
 
 log = logging.getLogger("procplat.supervisor")
 

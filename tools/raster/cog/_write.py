@@ -16,7 +16,7 @@ submitted in Morton (Z) order through a window of 2 × the cluster's threads, so
 pieces and at most one or two unfinished next-level pieces are ever alive.
 
 Each task ticks the caller's progress as it encodes a full-resolution tile
-(:mod:`tools.piece_progress`), so the percent of phase ``rendering`` moves tile by tile
+(:mod:`tools.runtime.piece_progress`), so the percent of phase ``rendering`` moves tile by tile
 rather than piece by piece (a 2048² piece is 44% of a 3072² raster).
 
 The caller appends the compressed tiles, as they arrive, to a spool file next to the
@@ -90,10 +90,10 @@ import imagecodecs
 import numpy as np
 import xarray as xr
 
-from tools import piece_progress
 from tools.contract import Cancelled, PrintReporter, Reporter
-from tools.fanout import default_client, on_worker, piece, piece_result
-from tools.piece_progress import Ticker
+from tools.runtime import piece_progress
+from tools.runtime.fanout import default_client, on_worker, piece, piece_result
+from tools.runtime.piece_progress import Ticker
 
 Resampling = Literal["average", "nearest"]
 
@@ -122,7 +122,7 @@ class CogInfo:
 
 
 class Stop(Protocol):
-    """Anything with ``check()`` raising :class:`Cancelled` (e.g. ``tools.fanout.StopSignal``)."""
+    """Anything with ``check()`` raising :class:`Cancelled` (e.g. ``tools.runtime.fanout.StopSignal``)."""
 
     def check(self) -> None: ...
 
@@ -643,7 +643,7 @@ class _DaskRunner:
         self.stop = stop
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int) -> Any:
-        # a cancelled piece returns, not raises: see tools.fanout.piece
+        # a cancelled piece returns, not raises: see tools.runtime.fanout.piece
         return self.client.submit(piece(fn), *args, key=key, pure=False, priority=priority)
 
     def put(self, data: np.ndarray) -> Any:
