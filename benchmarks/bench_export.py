@@ -46,7 +46,7 @@ LocalCluster and report the peak resident memory of the worker processes (the ex
 submitted as a task, so the caller — what the service runs inside ``run_job`` — lives on a
 worker too, as in the service; ``--memory-caller client`` calls it from this process).
 It also counts the most write_cog piece results the scheduler holds in memory at once.
-``--patch-wait-any`` runs it with the fix proposed for ``tools.raster.cog._DaskRunner.wait_any``
+``--patch-wait-any`` runs it with the fix proposed for ``tools.runtime.fanout._DaskExecutor.wait_any``
 (a monkeypatch in the benchmark, see :func:`patch_wait_any`), to measure its effect.
 
     python benchmarks/bench_export.py [--size 16384] [--only a1 a2 b b2 c d] [--repeat 1]
@@ -401,13 +401,13 @@ def export_in_worker(src: str, out: str, patch: bool = False) -> None:
 
 def patch_wait_any() -> None:
     """``--patch-wait-any`` (a diagnostic, not the product): the change proposed for
-    ``tools.raster.cog._DaskRunner.wait_any``. ``distributed.wait`` raises its TimeoutError from
+    ``tools.runtime.fanout._DaskExecutor.wait_any``. ``distributed.wait`` raises its TimeoutError from
     ``distributed.utils.sync``, whose frame holds the exception in a closure cell: exception
     → traceback → frame → cell → exception, a reference cycle that also holds the frames of
     ``_wait(fs, ...)`` and so the futures passed in. Every 0.2 s wait that times out keeps
     the pieces then running (and their results, ~5.5 MB of tiles each, on the workers)
     alive until Python's cyclic GC happens to run. Dropping the traceback breaks the cycle."""
-    import tools.raster.cog
+    import tools.runtime.fanout
 
     def wait_any(self: Any, futures: Any, timeout: float) -> set[Any]:
         from distributed import wait
@@ -418,7 +418,7 @@ def patch_wait_any() -> None:
             exc.__traceback__ = None
             return set()
 
-    tools.raster.cog._DaskRunner.wait_any = wait_any  # type: ignore[method-assign]
+    tools.runtime.fanout._DaskExecutor.wait_any = wait_any  # type: ignore[method-assign]
 
 
 def _count_results(dask_scheduler: Any) -> None:
@@ -808,8 +808,8 @@ def main() -> int:
                         help="more environment for the LocalCluster workers (--memory; "
                              "e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--patch-wait-any", action="store_true",
-                        help="diagnostic: run with the fix proposed for tools.raster.cog "
-                             "_DaskRunner.wait_any (see patch_wait_any)")
+                        help="diagnostic: run with the fix proposed for tools.runtime.fanout "
+                             "_DaskExecutor.wait_any (see patch_wait_any)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

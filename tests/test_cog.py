@@ -18,7 +18,7 @@ from affine import Affine
 from distributed import Client, LocalCluster, get_task_stream
 from rio_cogeo.cogeo import cog_validate
 
-import tools.raster.cog._write
+import tools.raster.cog._tiff
 from tools.contract import Cancelled
 from tools.raster.cog import CogInfo, write_cog
 
@@ -272,7 +272,7 @@ def test_other_compressions_round_trip(compress: str, tmp_path: Path) -> None:
 
 
 def test_tags_band_descriptions_and_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools.raster.cog._write, "BIGTIFF_THRESHOLD", 0)
+    monkeypatch.setattr(tools.raster.cog._tiff, "BIGTIFF_THRESHOLD", 0)
     dst = tmp_path / "out.tif"
     write_cog(to_dataarray(rgba()), dst, alpha=True, tags={"SOURCE": "test", "FORMULA": "NDVI"},
               band_descriptions=["red", "green", "blue", "alpha"])
