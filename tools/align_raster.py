@@ -48,7 +48,8 @@ from tools.contract import (
     Reporter,
     ToolContext,
     ToolResult,
-    ToolSpec,
+    path_param,
+    tool_spec,
 )
 from tools.raster import RasterHeader, open_raster, read_header, write_cog
 from tools.runtime.fanout import StopSignal
@@ -59,27 +60,17 @@ MODES = ("similarity", "translation")
 MIN_OVERLAP = 0.05
 OUTPUT_CHUNK = 2048
 
-PATH = {"type": "string", "minLength": 1, "maxLength": 1024}
-
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="align-raster",
-    version="1",
     title="Co-register a raster to a reference (sub-pixel translation or similarity)",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["sourcePath", "referencePath", "outputPath"],
-        "properties": {
-            "sourcePath": {**PATH, "description": "The raster to correct."},
-            "referencePath": {**PATH, "description": "The raster it must line up with."},
-            "outputPath": {**PATH, "description": "Where the aligned COG goes (.tif)."},
-            "mode": {"enum": list(MODES), "default": "similarity",
-                     "description": "similarity: shift + rotation + scale; translation: shift."},
-        },
+    access="Write",
+    required=("sourcePath", "referencePath", "outputPath"),
+    properties={
+        "sourcePath": path_param("The raster to correct."),
+        "referencePath": path_param("The raster it must line up with."),
+        "outputPath": path_param("Where the aligned COG goes (.tif)."),
+        "mode": {"enum": list(MODES), "default": "similarity",
+                 "description": "similarity: shift + rotation + scale; translation: shift."},
     },
 )
 

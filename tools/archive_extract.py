@@ -66,13 +66,17 @@ from tools.archive.read import (
     shown_name,
 )
 from tools.contract import (
+    MAX_PATH_LENGTH,
     InvalidParams,
     Plan,
     Reporter,
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    path_param,
+    text_param,
+    tool_spec,
 )
 from tools.runtime.safepath import (
     UnsafePath,
@@ -87,29 +91,19 @@ from tools.runtime.staging import staging_folder
 JOURNAL = "moves.json"
 MOVING = "moving"
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="archive-extract",
-    version="1",
     title="Extract an archive into the dataset",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["sourcePath"],
-        "properties": {
-            "sourcePath": {"type": "string", "minLength": 1, "maxLength": 1024,
-                           "description": "The archive entry (zip, tar[.gz|.bz2|.xz], tgz, 7z, "
-                                          ".gz, .bz2, .xz)."},
-            "destPath": {"type": ["string", "null"], "maxLength": 1024,
-                         "description": "Folder to extract into; default: the dataset root."},
-            "deleteArchive": {"type": ["boolean", "null"],
-                              "description": "Remove the archive after a successful extraction."},
-            "overwrite": {"type": ["boolean", "null"],
-                          "description": "Replace existing files (default: skip them)."},
-        },
+    access="Write",
+    required=("sourcePath",),
+    properties={
+        "sourcePath": path_param("The archive entry (zip, tar[.gz|.bz2|.xz], tgz, 7z, .gz, "
+                                 ".bz2, .xz)."),
+        "destPath": text_param("Folder to extract into; default: the dataset root.",
+                               max_length=MAX_PATH_LENGTH),
+        "deleteArchive": flag_param("Remove the archive after a successful extraction.",
+                                    nullable=True),
+        "overwrite": flag_param("Replace existing files (default: skip them).", nullable=True),
     },
 )
 

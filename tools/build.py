@@ -38,7 +38,9 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    path_param,
+    tool_spec,
 )
 from tools.runtime.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
@@ -49,24 +51,15 @@ STALE_TEMP_SECONDS = 600  # temporary files older than this were left by a kille
 PROGRAM_POLL_SECONDS = 0.2
 _ERROR_MAX_CHARS = 300
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="build",
-    version="1",
     title="Build derivatives of entries (COG, COPC, vector tiles) under .ddb/build",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
+    access="Write",
     reads_index=True,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "path": {"type": "string", "minLength": 1, "maxLength": 1024,
-                     "description": "An entry or folder to build; default: every entry whose "
-                                    "build is missing, stale or pending."},
-            "force": {"type": "boolean", "description": "Rebuild entries already built."},
-        },
+    properties={
+        "path": path_param("An entry or folder to build; default: every entry whose build is "
+                           "missing, stale or pending."),
+        "force": flag_param("Rebuild entries already built."),
     },
 )
 

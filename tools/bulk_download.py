@@ -35,7 +35,8 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    text_param,
+    tool_spec,
 )
 from tools.runtime.fanout import StopSignal, fan_out
 from tools.runtime.safepath import output_file_name
@@ -51,31 +52,20 @@ MEMBER_OVERHEAD = 160
 ARCHIVE_OVERHEAD = 100
 PHASE = "archiving"
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="bulk-download",
-    version="1",
     title="Download files as a ZIP archive",
-    required_access="Read",
-    produces_artifact=True,
-    result_extension=".zip",
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "paths": {
-                "type": ["array", "null"],
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "maxItems": 10000,
-                "description": "Files or folders (recursively) to archive; null = whole dataset.",
-            },
-            "archiveName": {
-                "type": ["string", "null"],
-                "maxLength": 200,
-                "description": "Base name of the archive; '.zip' is appended when missing.",
-            },
+    access="Read",
+    artifact_extension=".zip",
+    properties={
+        "paths": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": 10000,
+            "description": "Files or folders (recursively) to archive; null = whole dataset.",
         },
+        "archiveName": text_param("Base name of the archive; '.zip' is appended when missing."),
     },
 )
 

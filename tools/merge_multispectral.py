@@ -38,7 +38,8 @@ from tools.contract import (
     Reporter,
     ToolContext,
     ToolResult,
-    ToolSpec,
+    path_param,
+    tool_spec,
 )
 from tools.raster import DEFAULT_CHUNK_PX, CogInfo, RasterHeader, open_raster, write_cog
 from tools.runtime.fanout import StopSignal
@@ -56,27 +57,15 @@ PIXEL_SIZE_TOLERANCE = 0.01  # relative
 ORIGIN_EPSILON = 1e-6  # pixels: rounding of map coordinates
 OUTPUT_SUFFIXES = (".tif", ".tiff")
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="merge-multispectral",
-    version="1",
     title="Merge single-band rasters into one multi-band COG",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["paths", "outputPath"],
-        "properties": {
-            "paths": {
-                "type": "array", "maxItems": MAX_INPUTS,
-                "items": {"type": "string", "minLength": 1, "maxLength": 1024},
-                "description": "At least 2 single-band rasters, in band order.",
-            },
-            "outputPath": {"type": "string", "minLength": 1, "maxLength": 1024,
-                           "description": "The .tif/.tiff to write (replaced if it exists)."},
-        },
+    access="Write",
+    required=("paths", "outputPath"),
+    properties={
+        "paths": {"type": "array", "maxItems": MAX_INPUTS, "items": path_param(),
+                  "description": "At least 2 single-band rasters, in band order."},
+        "outputPath": path_param("The .tif/.tiff to write (replaced if it exists)."),
     },
 )
 

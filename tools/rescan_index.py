@@ -29,7 +29,9 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    text_param,
+    tool_spec,
 )
 from tools.detect import ENTRY_TYPES, detect
 from tools.runtime import fanout
@@ -39,26 +41,16 @@ BATCH_SIZE = 8
 MAX_ERRORS_LOGGED = 20
 MTIME_TOLERANCE_SECONDS = 0.001
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="rescan-index",
-    version="1",
     title="Detect again the type and properties of the dataset's entries",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
+    access="Write",
     reads_index=True,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "types": {"type": "string", "maxLength": 500,
-                      "description": "Comma-separated entry types to rescan, e.g. "
-                                     "\"image,geoimage\"; default: all."},
-            "stopOnError": {"type": "boolean",
-                            "description": "Fail at the first unreadable file, changing "
-                                           "nothing; default: count errors and go on."},
-        },
+    properties={
+        "types": text_param("Comma-separated entry types to rescan, e.g. \"image,geoimage\"; "
+                            "default: all.", max_length=500, nullable=False),
+        "stopOnError": flag_param("Fail at the first unreadable file, changing nothing; "
+                                  "default: count errors and go on."),
     },
 )
 
