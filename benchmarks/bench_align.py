@@ -1,6 +1,6 @@
 """align-raster: accuracy against two phase-correlation baselines, then wall time and memory.
 
-Pairs are made as ``tests/test_align_raster.py`` makes them (:func:`tools.synthetic.write_texture`):
+Pairs are made as ``tests/test_align_raster.py`` makes them (:func:`tools.align.synthetic.write_texture`):
 the reference is a noise-free texture, 1.5× the source's side, centred on it; the source's
 file says the same north-up grid (pixel 0.1 m, EPSG:32633) but its content really sits at
 ``truth(transform·x)``, ``truth`` a similarity about a point off the source's centre (43 %,
@@ -14,7 +14,7 @@ border of 12 px. Rasters are generated once into ``--dir`` under names that enco
    - ours: ``align(src, ref, None, mode="similarity")``; errors against ``truth``: the
      translation error (distance in px between where the estimated and the true model put
      the source's centre), |Δθ| in degrees, |Δscale|, the largest error at the four corners
-     (:func:`tools.synthetic.corner_error_px`) and the wall time;
+     (:func:`tools.align.synthetic.corner_error_px`) and the wall time;
    - int-PC: integer-pixel phase correlation over the whole overlap (the inspiring tool's
      method, in numpy): the reference reprojected onto the source's pixel grid (rasterio
      ``reproject``, bilinear), luma of both, cropped to the rectangle valid in both, mean
@@ -116,7 +116,7 @@ def geometry(case: Case, size: int) -> tuple[Any, Any, int, Any]:
     """(source transform, reference transform, reference side, truth) as in the tests."""
     from affine import Affine
 
-    from tools.registration import Similarity
+    from tools.align.registration import Similarity
 
     src_t = Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1])
     ref_size = int(size * REF_FACTOR)
@@ -139,7 +139,7 @@ def pair_paths(cache: Path, case: Case, size: int) -> tuple[Path, Path]:
 
 def _write(path: Path, **kwargs: Any) -> float | None:
     """write_texture into ``path`` unless it is cached; seconds spent, None when cached."""
-    from tools.synthetic import write_texture
+    from tools.align.synthetic import write_texture
 
     if path.exists():
         return None
@@ -191,7 +191,7 @@ def centre_error_px(estimated: Any, truth: Any, size: int) -> float:
 
 
 def errors(estimated: Any, truth: Any, size: int) -> dict[str, float]:
-    from tools.synthetic import corner_error_px
+    from tools.align.synthetic import corner_error_px
 
     src_t = geometry(Case("-"), size)[0]
     return {
@@ -205,7 +205,7 @@ def errors(estimated: Any, truth: Any, size: int) -> dict[str, float]:
 def shift_model(d_row: float, d_col: float, truth: Any) -> Any:
     """The translation a baseline found: the source's pixel x shows what the reference
     shows at x + d, so its map position moves by (d_col, -d_row) pixels."""
-    from tools.registration import Similarity
+    from tools.align.registration import Similarity
 
     return Similarity(tx=d_col * PIXEL, ty=-d_row * PIXEL, cx=truth.cx, cy=truth.cy)
 

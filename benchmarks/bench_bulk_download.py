@@ -3,7 +3,7 @@ deflated per file costs.
 
 Builds a dataset in RAM (``/dev/shm``) of files every policy stores — DEFLATE GeoTIFFs (6 of
 32 MB and 1000 of 16 KB), 500 JPEGs, 200 ZIPs, one 50 MB LAZ: 1707 files, ~280 MB — then times
-``tools.bulk_download.run`` (into a work folder in RAM) and ``tools.zip_stream.stream_zip``
+``tools.bulk_download.run`` (into a work folder in RAM) and ``tools.archive.zip_stream.stream_zip``
 (read to the end), each ``--runs`` times, and prints the median wall time, MB/s and CPU
 seconds of this process. Then the case the per-file decision is for: one uncompressed 64 MB
 GeoTIFF (smooth ground, a few noisy pixels), archived once: archive size and wall time.
@@ -28,9 +28,9 @@ import numpy as np
 from affine import Affine
 
 from tools import bulk_download
+from tools.archive.zip_policy import archive_members
+from tools.archive.zip_stream import stream_zip
 from tools.contract import PrintReporter, ToolContext
-from tools.zip_policy import archive_members
-from tools.zip_stream import stream_zip
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.harness
 from tests.harness import write_geotiff

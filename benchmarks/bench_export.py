@@ -13,7 +13,7 @@ N + R = 0), tiled 512², DEFLATE level 6 with the horizontal predictor, average 
       writes the RGBA block to a tiled GTiff), then ``build_overviews(average)``;
       single-threaded GDAL
   a2  the same with GDAL's ``NUM_THREADS=ALL_CPUS`` (creation option and GDAL_NUM_THREADS)
-  b   the I/O floor: ``tools.cog.write_cog`` of the source's own 4 bands (``open_raster``
+  b   the I/O floor: ``tools.raster.cog.write_cog`` of the source's own 4 bands (``open_raster``
       chunks, no map_blocks: no arithmetic), band 4 as alpha, on the same LocalCluster as c:
       the same block reads, the same writer and parallelism, an RGBA output
   b2  (information) ``write_cog`` of a1's RGBA output, alpha: identical output pixels, so
@@ -46,7 +46,7 @@ LocalCluster and report the peak resident memory of the worker processes (the ex
 submitted as a task, so the caller — what the service runs inside ``run_job`` — lives on a
 worker too, as in the service; ``--memory-caller client`` calls it from this process).
 It also counts the most write_cog piece results the scheduler holds in memory at once.
-``--patch-wait-any`` runs it with the fix proposed for ``tools.cog._DaskRunner.wait_any``
+``--patch-wait-any`` runs it with the fix proposed for ``tools.runtime.fanout._DaskExecutor.wait_any``
 (a monkeypatch in the benchmark, see :func:`patch_wait_any`), to measure its effect.
 
     python benchmarks/bench_export.py [--size 16384] [--only a1 a2 b b2 c d] [--repeat 1]
@@ -205,7 +205,7 @@ def run_baseline(src: Path, out: Path, *, threads: bool) -> None:
     import rasterio
     from rasterio.enums import Resampling
 
-    from tools import colormaps
+    from tools.render import colormaps
 
     lut = colormaps.lut("rdylgn")  # the colormap's 256-entry table (the reference facts)
     red, green, blue = (np.ascontiguousarray(lut[:, c]) for c in range(3))
@@ -246,8 +246,7 @@ def run_baseline(src: Path, out: Path, *, threads: bool) -> None:
 
 def run_floor(src: Path, out: Path) -> None:
     """write_cog of the raster's own bands: the same reads, writer and parallelism as c."""
-    from tools.cog import write_cog
-    from tools.raster_graph import open_raster
+    from tools.raster import open_raster, write_cog
 
     da = open_raster(src)
     da = da.rio.write_nodata(None)  # c's output has an alpha band and no nodata either
@@ -386,13 +385,13 @@ def export_in_worker(src: str, out: str, patch: bool = False) -> None:
 
 def patch_wait_any() -> None:
     """``--patch-wait-any`` (a diagnostic, not the product): the change proposed for
-    ``tools.cog._DaskRunner.wait_any``. ``distributed.wait`` raises its TimeoutError from
+    ``tools.runtime.fanout._DaskExecutor.wait_any``. ``distributed.wait`` raises its TimeoutError from
     ``distributed.utils.sync``, whose frame holds the exception in a closure cell: exception
     → traceback → frame → cell → exception, a reference cycle that also holds the frames of
     ``_wait(fs, ...)`` and so the futures passed in. Every 0.2 s wait that times out keeps
     the pieces then running (and their results, ~5.5 MB of tiles each, on the workers)
     alive until Python's cyclic GC happens to run. Dropping the traceback breaks the cycle."""
-    import tools.cog
+    import tools.runtime.fanout
 
     def wait_any(self: Any, futures: Any, timeout: float) -> set[Any]:
         from distributed import wait
@@ -403,7 +402,7 @@ def patch_wait_any() -> None:
             exc.__traceback__ = None
             return set()
 
-    tools.cog._DaskRunner.wait_any = wait_any  # type: ignore[method-assign]
+    tools.runtime.fanout._DaskExecutor.wait_any = wait_any  # type: ignore[method-assign]
 
 
 def _count_results(dask_scheduler: Any) -> None:
@@ -519,7 +518,7 @@ def explain_colour_differences(src: Path, reference: Path, other: Path, limit: i
     import numpy as np
     import rasterio
 
-    from tools import colormaps
+    from tools.render import colormaps
 
     lut = colormaps.lut("rdylgn").astype(np.int32)
     lines: list[str] = []
@@ -793,8 +792,8 @@ def main() -> int:
                         help="more environment for the LocalCluster workers (--memory; "
                              "e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--patch-wait-any", action="store_true",
-                        help="diagnostic: run with the fix proposed for tools.cog "
-                             "_DaskRunner.wait_any (see patch_wait_any)")
+                        help="diagnostic: run with the fix proposed for tools.runtime.fanout "
+                             "_DaskExecutor.wait_any (see patch_wait_any)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

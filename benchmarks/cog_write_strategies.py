@@ -12,8 +12,8 @@ predictor) with 512² tiles and average overviews:
   3   gdal_cog_copy       dask computes chunks in parallel, one writer (under a lock) stores
                           them in an uncompressed tiled GTiff; then GDAL's COG driver copies
                           it with ``NUM_THREADS=ALL_CPUS``
-  2   write_cog_threads   ``tools.cog.write_cog`` with local threads
-  2   write_cog_cluster   ``tools.cog.write_cog`` through a LocalCluster client (2 worker
+  2   write_cog_threads   ``tools.raster.cog.write_cog`` with local threads
+  2   write_cog_cluster   ``tools.raster.cog.write_cog`` through a LocalCluster client (2 worker
                           processes, 1 thread each; cluster start-up not timed)
 
 Every child runs with ``GDAL_CACHEMAX=128`` (MB per process, as the service's workers do), so
@@ -53,8 +53,8 @@ LABELS = {
     "rasterio_loop_mt": "a2 rasterio block loop, NUM_THREADS=ALL_CPUS",
     "odc_geo": "(1) odc-geo save_cog_with_dask",
     "gdal_cog_copy": "(3) 1 writer + GDAL COG copy, ALL_CPUS",
-    "write_cog_threads": "(2) tools.cog.write_cog, threads",
-    "write_cog_cluster": "(2) tools.cog.write_cog, LocalCluster",
+    "write_cog_threads": "(2) tools.raster.cog.write_cog, threads",
+    "write_cog_cluster": "(2) tools.raster.cog.write_cog, LocalCluster",
 }
 BLOCK = 512
 CHUNK = 2048
@@ -166,7 +166,7 @@ def run_gdal_cog_copy(src: Path, out: Path) -> None:
 
 
 def run_write_cog(src: Path, out: Path) -> None:
-    from tools.cog import write_cog
+    from tools.raster import write_cog
 
     write_cog(open_lazy(src), out, alpha=True, level=LEVEL, predictor=2, blocksize=BLOCK)
 
@@ -245,7 +245,7 @@ def child(name: str, src: Path, out: Path) -> None:
     import rasterio  # noqa: F401
     import rioxarray  # noqa: F401
 
-    import tools.cog  # noqa: F401
+    import tools.raster.cog  # noqa: F401
 
     client = cluster = None
     if name == "write_cog_cluster":

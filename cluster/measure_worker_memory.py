@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("DASK_CONFIG", str(HERE / "dask.yaml"))  # before Dask reads its config
 
-PIECE = 2048  # tools.raster_graph.DEFAULT_CHUNK_PX: the side of a piece
+PIECE = 2048  # tools.raster.DEFAULT_CHUNK_PX: the side of a piece
 MiB = 1024**2
 
 

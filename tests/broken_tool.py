@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.contract import Plan, ToolContext, ToolResult, ToolSpec
-from tools.fanout import fan_out
+from tools.runtime.fanout import fan_out
 
 SPEC = ToolSpec(
     id="broken-tool", version="1", title="A tool with a bug", required_access="Read",

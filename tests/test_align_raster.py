@@ -18,10 +18,10 @@ from rasterio.warp import Resampling, reproject
 from rio_cogeo.cogeo import cog_validate
 
 from tests.harness import World, write_geotiff
-from tools import registration as reg
+from tools.align import registration as reg
+from tools.align.synthetic import corner_error_px, write_texture
 from tools.align_raster import AlignResult, align
 from tools.contract import InvalidParams, PrintReporter, ToolError
-from tools.synthetic import corner_error_px, write_texture
 
 PIXEL = 0.1
 ORIGIN = (500000.0, 4500000.0)
@@ -249,7 +249,7 @@ def test_disjoint_rasters_are_refused_before_any_work(pairs: dict[str, Pair], tm
 
 
 def test_refine_shift_finds_a_sub_pixel_shift_to_a_hundredth_of_a_pixel() -> None:
-    from tools.synthetic import Texture
+    from tools.align.synthetic import Texture
 
     texture = Texture.random(seed=5, pixel=1.0, longest_px=200)
     rows, cols = np.arange(128), np.arange(128)

@@ -29,7 +29,7 @@ import py7zr
 import pytest
 
 from tests.harness import LiveServer, World, new_world, settings_for, start_server, tree_snapshot
-from tools.archive_read import MAX_ENTRIES
+from tools.archive.read import MAX_ENTRIES
 
 TOOL = "archive-extract"
 GIB = 1024**3

@@ -17,10 +17,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tools import bulk_download
+from tools.archive.zip_policy import Member, archive_members, compress_type
+from tools.archive.zip_stream import stream_zip, zip_size
 from tools.contract import Cancelled, InvalidParams, ToolContext, ToolError, ToolResult
-from tools.safepath import UnsafePath
-from tools.zip_policy import Member, archive_members, compress_type
-from tools.zip_stream import stream_zip, zip_size
+from tools.runtime.safepath import UnsafePath
 
 TEXT_FILES = {
     "docs/readme.md": b"# Readme\n" * 500,

@@ -1,4 +1,4 @@
-"""tools.cog.write_cog: valid COGs with exact pixels, georeferencing and overviews, written in
+"""tools.raster.cog.write_cog: valid COGs with exact pixels, georeferencing and overviews, written in
 parallel pieces (local threads, a LocalCluster client, inside a worker task), atomically."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from affine import Affine
 from distributed import Client, LocalCluster, get_task_stream
 from rio_cogeo.cogeo import cog_validate
 
-import tools.cog
+import tools.raster.cog._tiff
 from tests.harness import write_geotiff
-from tools.cog import CogInfo, write_cog
 from tools.contract import Cancelled
+from tools.raster.cog import CogInfo, write_cog
 
 WIDTH, HEIGHT = 1000, 777  # odd sizes that do not divide into blocks
 TRANSFORM = Affine(10.0, 0.0, 399960.0, 0.0, -10.0, 5700000.0)
@@ -273,7 +273,7 @@ def test_other_compressions_round_trip(compress: str, tmp_path: Path) -> None:
 
 
 def test_tags_band_descriptions_and_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools.cog, "BIGTIFF_THRESHOLD", 0)
+    monkeypatch.setattr(tools.raster.cog._tiff, "BIGTIFF_THRESHOLD", 0)
     dst = tmp_path / "out.tif"
     write_cog(to_dataarray(rgba()), dst, alpha=True, tags={"SOURCE": "test", "FORMULA": "NDVI"},
               band_descriptions=["red", "green", "blue", "alpha"])

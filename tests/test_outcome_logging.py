@@ -82,14 +82,14 @@ def test_cancel_and_tool_error_are_one_line_each_without_tracebacks(
     tasks = f"{ds}/tasks"
     work = tmp_path / "data" / "work"
 
-    # a cancel of a bulk-download deflating pieces on the cluster (tools.fanout)
+    # a cancel of a bulk-download deflating pieces on the cluster (tools.runtime.fanout)
     user.put(f"{ds}/files/big/text.txt", content=big_text(120_000_000, seed=4))
     archive = user.post(tasks, json={"toolId": "bulk-download", "params": {"paths": ["big"]}})
     archive_id = archive.json()["taskId"]
     wait_state(user, f"{tasks}/{archive_id}", ("Processing",))
     cancel_while_running(user, tasks, archive_id, work, "archiving")
 
-    # a cancel of a raster-export rendering COG pieces on the cluster (tools.cog)
+    # a cancel of a raster-export rendering COG pieces on the cluster (tools.raster.cog)
     user.put(f"{ds}/files/noise.tif", content=busy_raster(tmp_path / "noise.tif").read_bytes())
     export = user.post(tasks, json={"toolId": "raster-export",
                                     "params": {"path": "noise.tif", "formula": "VARI"}})

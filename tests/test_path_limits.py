@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.harness import World, write_geotiff
-from tools.safepath import (
+from tools.runtime.safepath import (
     MAX_NAME_BYTES,
     UnsafePath,
     normalize_relpath,

@@ -14,7 +14,8 @@ import rasterio
 from rasterio.enums import ColorInterp
 
 from tests.harness import World, write_geotiff
-from tools import colormaps, sensors, spectral
+from tools.raster import sensors
+from tools.render import colormaps, spectral
 
 SIZE = 256
 

@@ -15,7 +15,7 @@ from affine import Affine
 from PIL import Image
 
 from tests.harness import World, write_geotiff
-from tools.zip_policy import Member, compress_type
+from tools.archive.zip_policy import Member, compress_type
 
 TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 4500000)
 

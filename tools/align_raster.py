@@ -5,7 +5,7 @@ How (all in the source's CRS; the reference is reprojected on the fly when CRSs 
 1. ``coarse``: both rasters are read once as overviews of at most ``COARSE_SIZE`` pixels over
    their overlap (luma for RGB, values for single bands); a whole-overlap phase correlation
    gives a translation seed, then phase-correlated and Gauss–Newton-refined windows of the
-   overview, fitted robustly, give a coarse model (:mod:`tools.align_match`, :mod:`tools.registration`).
+   overview, fitted robustly, give a coarse model (:mod:`tools.align.match`, :mod:`tools.align.registration`).
 2. ``matching``: up to ``MAX_WINDOWS_PER_SIDE``² windows of the source at full resolution are
    matched against the reference warped by the current model (seeded by phase correlation,
    refined to ~0.01 px); batches of windows run as Dask tasks on the cluster, each reading only
@@ -14,7 +14,7 @@ How (all in the source's CRS; the reference is reprojected on the fly when CRSs 
 3. ``writing``: a translation is written losslessly as a new geotransform; a similarity is
    resampled once (cubic) onto a north-up grid. Single-band float rasters are elevations:
    the median vertical offset to the reference is removed and reported. The output is a COG
-   (:func:`tools.cog.write_cog`) at ``outputPath``, indexed by the service.
+   (:func:`tools.raster.cog.write_cog`) at ``outputPath``, indexed by the service.
 
 The model is reported as ``tx, ty`` (map units, the shift of the source's centre), ``thetaDeg``
 (counter-clockwise) and ``scale`` about the source's centre. Memory is bounded by the overview
@@ -38,10 +38,9 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from tools import registration as reg
-from tools.align_match import Estimate, estimate
-from tools.align_pair import Overlap, Pair, make_pair, open_grid, overlap_of
-from tools.cog import write_cog
+from tools.align import registration as reg
+from tools.align.match import Estimate, estimate
+from tools.align.pair import Overlap, Pair, make_pair, open_grid, overlap_of
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -49,38 +48,29 @@ from tools.contract import (
     Reporter,
     ToolContext,
     ToolResult,
-    ToolSpec,
+    path_param,
+    tool_spec,
 )
-from tools.fanout import StopSignal
-from tools.raster_graph import RasterHeader, open_raster, read_header
-from tools.safepath import lstat_in_dataset, normalize_relpath, resolve_in_dataset
-from tools.staging import move_into_dataset, staging
+from tools.raster import RasterHeader, open_raster, read_header, write_cog
+from tools.runtime.fanout import StopSignal
+from tools.runtime.safepath import lstat_in_dataset, normalize_relpath, resolve_in_dataset
+from tools.runtime.staging import move_into_dataset, staging
 
 MODES = ("similarity", "translation")
 MIN_OVERLAP = 0.05
 OUTPUT_CHUNK = 2048
 
-PATH = {"type": "string", "minLength": 1, "maxLength": 1024}
-
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="align-raster",
-    version="1",
     title="Co-register a raster to a reference (sub-pixel translation or similarity)",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["sourcePath", "referencePath", "outputPath"],
-        "properties": {
-            "sourcePath": {**PATH, "description": "The raster to correct."},
-            "referencePath": {**PATH, "description": "The raster it must line up with."},
-            "outputPath": {**PATH, "description": "Where the aligned COG goes (.tif)."},
-            "mode": {"enum": list(MODES), "default": "similarity",
-                     "description": "similarity: shift + rotation + scale; translation: shift."},
-        },
+    access="Write",
+    required=("sourcePath", "referencePath", "outputPath"),
+    properties={
+        "sourcePath": path_param("The raster to correct."),
+        "referencePath": path_param("The raster it must line up with."),
+        "outputPath": path_param("Where the aligned COG goes (.tif)."),
+        "mode": {"enum": list(MODES), "default": "similarity",
+                 "description": "similarity: shift + rotation + scale; translation: shift."},
     },
 )
 
@@ -236,7 +226,7 @@ def write_output(src: Path, dst: Path, model: reg.Similarity, shift_z: float | N
                   alpha=header.alpha_band == header.count and header.count > 1,
                   band_descriptions=_descriptions(header))
         return
-    from tools.resample import resample_similarity
+    from tools.align.resample import resample_similarity
 
     resampled = resample_similarity(src, model, shift_z=shift_z, chunk=OUTPUT_CHUNK,
                                     name=header.name)

@@ -10,14 +10,14 @@ How a run goes:
    read (zip and 7z: all members, from the central directory, before any data): an unsafe
    name (absolute, drive letter, backslash, ``..``, NUL or other control characters, into
    ``.ddb``, a name or target path too long for the dataset's file system; see
-   :mod:`tools.safepath`), a symlink, hardlink, device, FIFO or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
+   :mod:`tools.runtime.safepath`), a symlink, hardlink, device, FIFO or socket, an encrypted member, a duplicate name (after Unicode NFC normalisation and
    ignoring case, since the dataset may be copied to a case-insensitive file system), a name
    that is both a file and a folder, or overlapping zip entries fails the whole task with an
    error naming the member. Data is streamed in 64 KiB reads into numbered files in a fresh
    ``.ddb/tmp/archive-extract-<taskId>/`` (no archive name ever becomes a path there),
    counting the bytes actually written, so a header that lies about sizes gains nothing.
 2. **Move in** (phase ``moving``). Every target is planned first: its folders are walked
-   without following symlinks (:func:`tools.safepath.open_folder_nofollow`), a symlink or
+   without following symlinks (:func:`tools.runtime.safepath.open_folder_nofollow`), a symlink or
    file among them, or a target that is a symlink, fails the task before anything moves.
    Existing files are skipped unless ``overwrite``. Files are then renamed into place
    through folder descriptors; if a rename fails, the moves already made are undone. After
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tools.archive_read import (
+from tools.archive.read import (
     EXTRACTORS,
     SINGLE_FILE,
     CountingReader,
@@ -66,15 +66,19 @@ from tools.archive_read import (
     shown_name,
 )
 from tools.contract import (
+    MAX_PATH_LENGTH,
     InvalidParams,
     Plan,
     Reporter,
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    path_param,
+    text_param,
+    tool_spec,
 )
-from tools.safepath import (
+from tools.runtime.safepath import (
     UnsafePath,
     lstat_in_dataset,
     normalize_relpath,
@@ -82,34 +86,24 @@ from tools.safepath import (
     path_limits,
     resolve_in_dataset,
 )
-from tools.staging import staging_folder
+from tools.runtime.staging import staging_folder
 
 JOURNAL = "moves.json"
 MOVING = "moving"
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="archive-extract",
-    version="1",
     title="Extract an archive into the dataset",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["sourcePath"],
-        "properties": {
-            "sourcePath": {"type": "string", "minLength": 1, "maxLength": 1024,
-                           "description": "The archive entry (zip, tar[.gz|.bz2|.xz], tgz, 7z, "
-                                          ".gz, .bz2, .xz)."},
-            "destPath": {"type": ["string", "null"], "maxLength": 1024,
-                         "description": "Folder to extract into; default: the dataset root."},
-            "deleteArchive": {"type": ["boolean", "null"],
-                              "description": "Remove the archive after a successful extraction."},
-            "overwrite": {"type": ["boolean", "null"],
-                          "description": "Replace existing files (default: skip them)."},
-        },
+    access="Write",
+    required=("sourcePath",),
+    properties={
+        "sourcePath": path_param("The archive entry (zip, tar[.gz|.bz2|.xz], tgz, 7z, .gz, "
+                                 ".bz2, .xz)."),
+        "destPath": text_param("Folder to extract into; default: the dataset root.",
+                               max_length=MAX_PATH_LENGTH),
+        "deleteArchive": flag_param("Remove the archive after a successful extraction.",
+                                    nullable=True),
+        "overwrite": flag_param("Replace existing files (default: skip them).", nullable=True),
     },
 )
 

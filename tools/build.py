@@ -1,7 +1,7 @@
 """The ``build`` tool: derivatives of entries under ``.ddb/build/<entry hash>/``.
 
 - georaster → ``cog.tif``, a Cloud-Optimized GeoTIFF written on the cluster by
-  :func:`tools.cog.write_cog` from :func:`tools.raster_graph.open_raster`;
+  :func:`tools.raster.cog.write_cog` from :func:`tools.raster.open_raster`;
 - pointcloud → ``cloud.copc.laz`` (COPC) with ``pdal translate``;
 - vector → ``tiles.pmtiles`` (vector tiles) with ``ogr2ogr -f PMTiles`` (GDAL ≥ 3.8).
 
@@ -38,10 +38,11 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    path_param,
+    tool_spec,
 )
-from tools.raster_checks import RasterDamaged
-from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
+from tools.runtime.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 BUILDABLE_TYPES = frozenset(("georaster", "pointcloud", "vector"))
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -50,24 +51,15 @@ STALE_TEMP_SECONDS = 600  # temporary files older than this were left by a kille
 PROGRAM_POLL_SECONDS = 0.2
 _ERROR_MAX_CHARS = 300
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="build",
-    version="1",
     title="Build derivatives of entries (COG, COPC, vector tiles) under .ddb/build",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
+    access="Write",
     reads_index=True,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "path": {"type": "string", "minLength": 1, "maxLength": 1024,
-                     "description": "An entry or folder to build; default: every entry whose "
-                                    "build is missing, stale or pending."},
-            "force": {"type": "boolean", "description": "Rebuild entries already built."},
-        },
+    properties={
+        "path": path_param("An entry or folder to build; default: every entry whose build is "
+                           "missing, stale or pending."),
+        "force": flag_param("Rebuild entries already built."),
     },
 )
 
@@ -97,7 +89,7 @@ def validate(params: dict[str, Any], dataset_root: Path) -> Plan:
     if not found.exists():
         raise InvalidParams(f"entry '{path}' does not exist")
     if found.is_file() and found.suffix.lower() in RASTER_SUFFIXES:
-        from tools.raster_graph import read_header
+        from tools.raster import RasterDamaged, read_header
 
         try:
             read_header(found, name=normalize_relpath(path))
@@ -205,9 +197,8 @@ def build_entry(
 
 def _build_cog(src: Path, dst: Path, reporter: Reporter, cancel_event: str | None,
                blocksize: int, name: str) -> None:
-    from tools.cog import write_cog
-    from tools.fanout import StopSignal
-    from tools.raster_graph import open_raster
+    from tools.raster import open_raster, write_cog
+    from tools.runtime.fanout import StopSignal
 
     da = open_raster(src, name=name)
     header = da.attrs["raster_header"]

@@ -1,15 +1,15 @@
 """The ``bulk-download`` tool: a ZIP64 archive of a selection of entries or a whole dataset.
 
-Members come from :func:`tools.zip_policy.archive_members` (folders recursively; no paths =
+Members come from :func:`tools.archive.zip_policy.archive_members` (folders recursively; no paths =
 the whole dataset with ``.ddb`` but without ``.ddb/build`` and ``.ddb/tmp``) and are
-compressed per :func:`tools.zip_policy.compress_type`, decided once per file by what the file
+compressed per :func:`tools.archive.zip_policy.compress_type`, decided once per file by what the file
 is (compressed formats and data stored, the rest deflated at zlib's default level, 6). Files are streamed in 1 MiB chunks into a
 temporary ``.<name>.partial`` in the work folder, renamed to the final name at the end and
 removed on cancellation or error.
 
 Deflating is the slow part (~30 MB/s a core), so files of at least :data:`PARALLEL_MIN` that
 are deflated are cut into :data:`PIECE` byte pieces compressed in parallel on the cluster
-(:mod:`tools.fanout`), the way pigz does it: each piece is primed with the 32 KiB before it
+(:mod:`tools.runtime.fanout`), the way pigz does it: each piece is primed with the 32 KiB before it
 and ends on a byte boundary (a sync flush; the last piece finishes the stream), so the pieces
 concatenate into one valid deflate stream. The archive is written in order while the pieces
 run, and progress advances as pieces finish. The same input gives the same bytes every time.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.archive.zip_policy import Member, archive_members, compress_type
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -34,11 +35,11 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    text_param,
+    tool_spec,
 )
-from tools.fanout import StopSignal, fan_out
-from tools.safepath import output_file_name
-from tools.zip_policy import Member, archive_members, compress_type
+from tools.runtime.fanout import StopSignal, fan_out
+from tools.runtime.safepath import output_file_name
 
 CHUNK = 1024 * 1024
 FORCE_ZIP64_FROM = 1024**3
@@ -51,31 +52,20 @@ MEMBER_OVERHEAD = 160
 ARCHIVE_OVERHEAD = 100
 PHASE = "archiving"
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="bulk-download",
-    version="1",
     title="Download files as a ZIP archive",
-    required_access="Read",
-    produces_artifact=True,
-    result_extension=".zip",
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "paths": {
-                "type": ["array", "null"],
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "maxItems": 10000,
-                "description": "Files or folders (recursively) to archive; null = whole dataset.",
-            },
-            "archiveName": {
-                "type": ["string", "null"],
-                "maxLength": 200,
-                "description": "Base name of the archive; '.zip' is appended when missing.",
-            },
+    access="Read",
+    artifact_extension=".zip",
+    properties={
+        "paths": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": 10000,
+            "description": "Files or folders (recursively) to archive; null = whole dataset.",
         },
+        "archiveName": text_param("Base name of the archive; '.zip' is appended when missing."),
     },
 )
 

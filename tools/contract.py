@@ -2,7 +2,9 @@
 
 A tool is one module in ``tools/`` exposing three names:
 
-- ``SPEC``: a :class:`ToolSpec` (id, version, title, access, artifact, JSON Schema);
+- ``SPEC``: a :class:`ToolSpec` (id, version, title, access, artifact, JSON Schema), written
+  with :func:`tool_spec` and the parameter helpers (:func:`path_param`, :func:`text_param`,
+  :func:`flag_param`, :func:`choice_param`) so every tool's schema reads the same;
 - ``validate(params, dataset_root) -> Plan``: cheap checks run *before* queueing (entries
   exist, paths safe, values make sense); raises :class:`InvalidParams` with a message a
   person can act on; returns the estimated output size;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -77,6 +80,70 @@ class ToolSpec:
     def takes_path(self) -> bool:
         """Whether a top-level ``path`` of a submission becomes ``params.path``."""
         return "path" in self.input_schema.get("properties", {})
+
+
+# --- writing a SPEC ---------------------------------------------------------------------
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+MAX_PATH_LENGTH = 1024
+JsonSchema = dict[str, Any]
+
+
+def tool_spec(
+    *,
+    id: str,
+    title: str,
+    access: Access,
+    properties: dict[str, JsonSchema],
+    required: Sequence[str] = (),
+    artifact_extension: str | None = None,
+    reads_index: bool = False,
+    version: str = "1",
+) -> ToolSpec:
+    """A tool's SPEC. Its parameters are a JSON object (draft 2020-12) of exactly
+    ``properties``, ``required`` among them; a tool with an ``artifact_extension`` (``.zip``)
+    produces an artifact to download, the others write into the dataset."""
+    schema: JsonSchema = {"$schema": SCHEMA_DIALECT, "type": "object",
+                          "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    schema["properties"] = properties
+    return ToolSpec(
+        id=id, version=version, title=title, required_access=access,
+        produces_artifact=artifact_extension is not None, result_extension=artifact_extension,
+        input_schema=schema, reads_index=reads_index,
+    )
+
+
+def _described(schema: JsonSchema, description: str | None) -> JsonSchema:
+    return schema if description is None else {**schema, "description": description}
+
+
+def path_param(description: str | None = None) -> JsonSchema:
+    """A dataset-relative path (not empty)."""
+    return _described({"type": "string", "minLength": 1, "maxLength": MAX_PATH_LENGTH},
+                      description)
+
+
+def text_param(description: str, *, max_length: int = 200, nullable: bool = True,
+               pattern: str | None = None) -> JsonSchema:
+    """A string of at most ``max_length`` characters (null allowed unless ``nullable`` is
+    False), matching ``pattern`` when given."""
+    schema: JsonSchema = {"type": ["string", "null"] if nullable else "string",
+                          "maxLength": max_length}
+    if pattern is not None:
+        schema["pattern"] = pattern
+    return _described(schema, description)
+
+
+def flag_param(description: str, *, nullable: bool = False) -> JsonSchema:
+    """A boolean (null allowed when ``nullable``)."""
+    return _described({"type": ["boolean", "null"] if nullable else "boolean"}, description)
+
+
+def choice_param(values: Iterable[str], description: str) -> JsonSchema:
+    """A nullable string restricted to ``values`` (listed for clients in ``enum``)."""
+    return _described({"type": ["string", "null"], "enum": [*values, None]}, description)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +241,7 @@ class ToolContext:
     dataset_root: Path
     work_dir: Path
     reporter: Reporter
-    cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.fanout)
+    cancel_event: str | None = None  # a distributed.Event set on cancel (see tools.runtime.fanout)
     limits: ToolLimits = field(default_factory=ToolLimits)
     entries: tuple[IndexedEntry, ...] = ()  # filled only for tools with ``reads_index``
 

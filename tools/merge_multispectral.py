@@ -6,8 +6,8 @@ hold exactly one band (multi-band inputs are refused rather than guessed at) and
 CRS, width, height, data type, nodata value and pixel grid: pixel size (and rotation terms)
 within 1%, origin less than one pixel away. The output takes the first input's grid; band
 *i* is input *i*, described by its file stem. The stack is a lazy graph of the inputs
-(:func:`tools.raster_graph.open_raster`, chunked alike) written by
-:func:`tools.cog.write_cog` (phases ``checking``, then ``rendering``, ``overviews``,
+(:func:`tools.raster.open_raster`, chunked alike) written by
+:func:`tools.raster.cog.write_cog` (phases ``checking``, then ``rendering``, ``overviews``,
 ``assembling``).
 
 As a service task the COG is written inside ``.ddb/tmp/`` and renamed onto ``outputPath``
@@ -31,7 +31,6 @@ from typing import Any
 import dask.array
 import xarray as xr
 
-from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -39,17 +38,18 @@ from tools.contract import (
     Reporter,
     ToolContext,
     ToolResult,
-    ToolSpec,
+    path_param,
+    tool_spec,
 )
-from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, RasterHeader, open_raster
-from tools.safepath import (
+from tools.raster import DEFAULT_CHUNK_PX, CogInfo, RasterHeader, open_raster, write_cog
+from tools.runtime.fanout import StopSignal
+from tools.runtime.safepath import (
     UnsafePath,
     lstat_in_dataset,
     normalize_relpath,
     resolve_in_dataset,
 )
-from tools.staging import move_into_dataset, staging
+from tools.runtime.staging import move_into_dataset, staging
 
 MIN_INPUTS = 2
 MAX_INPUTS = 256
@@ -57,27 +57,15 @@ PIXEL_SIZE_TOLERANCE = 0.01  # relative
 ORIGIN_EPSILON = 1e-6  # pixels: rounding of map coordinates
 OUTPUT_SUFFIXES = (".tif", ".tiff")
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="merge-multispectral",
-    version="1",
     title="Merge single-band rasters into one multi-band COG",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["paths", "outputPath"],
-        "properties": {
-            "paths": {
-                "type": "array", "maxItems": MAX_INPUTS,
-                "items": {"type": "string", "minLength": 1, "maxLength": 1024},
-                "description": "At least 2 single-band rasters, in band order.",
-            },
-            "outputPath": {"type": "string", "minLength": 1, "maxLength": 1024,
-                           "description": "The .tif/.tiff to write (replaced if it exists)."},
-        },
+    access="Write",
+    required=("paths", "outputPath"),
+    properties={
+        "paths": {"type": "array", "maxItems": MAX_INPUTS, "items": path_param(),
+                  "description": "At least 2 single-band rasters, in band order."},
+        "outputPath": path_param("The .tif/.tiff to write (replaced if it exists)."),
     },
 )
 

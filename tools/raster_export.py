@@ -1,9 +1,9 @@
 """The ``raster-export`` tool: a raster rendered with a spectral index and colormap, a band
 composite or a preset, written as a Cloud-Optimized GeoTIFF.
 
-The work is a lazy graph (:mod:`tools.raster_graph`): statistics the rendering needs
+The work is a lazy graph (:mod:`tools.render.graph`): statistics the rendering needs
 (percentiles, min/max) are computed first on the cluster (phase ``percentiles``), then
-:func:`tools.cog.write_cog` computes and compresses the tiles and overviews in parallel
+:func:`tools.raster.cog.write_cog` computes and compresses the tiles and overviews in parallel
 pieces (phases ``rendering``, ``overviews``, ``assembling``). In a notebook::
 
     from tools.raster_export import export
@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools import colormaps, fanout, sensors, spectral
-from tools.cog import CogInfo, write_cog
 from tools.contract import (
     InvalidParams,
     Plan,
@@ -24,11 +22,16 @@ from tools.contract import (
     Reporter,
     ToolContext,
     ToolResult,
-    ToolSpec,
+    choice_param,
+    path_param,
+    text_param,
+    tool_spec,
 )
-from tools.fanout import StopSignal
-from tools.raster_graph import DEFAULT_CHUNK_PX, ExportPlan, filter_text, plan_export, render
-from tools.safepath import (
+from tools.raster import DEFAULT_CHUNK_PX, CogInfo, sensors, write_cog
+from tools.render import ExportPlan, colormaps, filter_text, plan_export, render, spectral
+from tools.runtime import fanout
+from tools.runtime.fanout import StopSignal
+from tools.runtime.safepath import (
     derived_file_name,
     normalize_relpath,
     output_file_name,
@@ -36,64 +39,49 @@ from tools.safepath import (
 )
 
 RENDER_PARAMS = ("preset", "bands", "formula", "bandFilter", "colormap", "rescale")
-NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 200}
 # One token per band: a band letter, or a non-letter (e.g. "_") that skips the band.
 # Band tokens are capitals (Re the one two-letter token); any other capital or a non-letter
 # skips a band (SPEC §4); lower case and spaces are refused, so 'rgbn' is a 400, not 4 skips.
 BAND_FILTER_PATTERN = r"^(Re|[^a-z\s])*$"
 
-
-def _one_of(values: Any, description: str) -> dict[str, Any]:
-    """A nullable string restricted to ``values`` (listed for clients in ``enum``)."""
-    return {"type": ["string", "null"], "enum": [*values, None], "description": description}
-
-
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="raster-export",
-    version="1",
     title="Export a raster as a COG with an index, colormap, composite or preset",
-    required_access="Read",
-    produces_artifact=True,
-    result_extension=".tif",
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["path"],
-        "properties": {
-            "path": {"type": "string", "minLength": 1, "maxLength": 1024,
-                     "description": "The raster entry to export."},
-            "preset": _one_of(sensors.preset_ids(),
-                              "A preset: a band composite or an index with its colormap. "
-                              "Which a raster has depends on its sensor profile (a 400 lists "
-                              "them)."),
-            "bands": {
-                "description": "1-based bands of a uint8 composite: \"4,3,2\" or [4, 3, 2].",
-                "anyOf": [
-                    {"type": "string", "maxLength": 200},
-                    {"type": "array", "items": {"type": "integer", "minimum": 1},
-                     "minItems": 1, "maxItems": 64},
-                    {"type": "null"},
-                ],
-            },
-            "formula": _one_of(spectral.FORMULAS, "A spectral index (its bands come from "
-                               "bandFilter), rendered with colormap."),
-            "bandFilter": {**NULLABLE_TEXT, "pattern": BAND_FILTER_PATTERN,
-                           "description": "Which band is which, one token per band in band "
-                           "order: R, G, B, N (near infrared), Re (red edge), T (thermal); "
-                           "another capital or a non-letter such as _ skips a band. E.g. RGBN, BGRReN, RGB_. "
-                           "Default: from the sensor profile, band descriptions or colour "
-                           "interpretation, else RGB."},
-            "colormap": _one_of(colormaps.COLORMAPS, "The colormap of an index."),
-            "rescale": {**NULLABLE_TEXT, "description":
-                        "The values mapped to the ends of the colour scale: \"min,max\" "
-                        "(e.g. \"-1,1\"), or \"auto\": the 2nd-98th percentile of the "
-                        "index's values even when the formula has a range (for indices of "
-                        "raw digital numbers, whose NDVI spans e.g. -0.3..0.3). Default: the "
-                        "formula's range (-1..1 for NDVI), else the 2nd-98th percentile; "
-                        "composites: a byte source as it is, others stretched by min/max."},
-            "fileName": {**NULLABLE_TEXT, "description": "Base name of the artifact."},
+    access="Read",
+    artifact_extension=".tif",
+    required=("path",),
+    properties={
+        "path": path_param("The raster entry to export."),
+        "preset": choice_param(sensors.preset_ids(),
+                               "A preset: a band composite or an index with its colormap. "
+                               "Which a raster has depends on its sensor profile (a 400 lists "
+                               "them)."),
+        "bands": {
+            "description": "1-based bands of a uint8 composite: \"4,3,2\" or [4, 3, 2].",
+            "anyOf": [
+                {"type": "string", "maxLength": 200},
+                {"type": "array", "items": {"type": "integer", "minimum": 1},
+                 "minItems": 1, "maxItems": 64},
+                {"type": "null"},
+            ],
         },
+        "formula": choice_param(spectral.FORMULAS, "A spectral index (its bands come from "
+                                "bandFilter), rendered with colormap."),
+        "bandFilter": text_param("Which band is which, one token per band in band order: R, G, "
+                                 "B, N (near infrared), Re (red edge), T (thermal); another "
+                                 "capital or a non-letter such as _ skips a band. E.g. RGBN, "
+                                 "BGRReN, RGB_. Default: from the sensor profile, band "
+                                 "descriptions or colour interpretation, else RGB.",
+                                 pattern=BAND_FILTER_PATTERN),
+        "colormap": choice_param(colormaps.COLORMAPS, "The colormap of an index."),
+        "rescale": text_param("The values mapped to the ends of the colour scale: \"min,max\" "
+                              "(e.g. \"-1,1\"), or \"auto\": the 2nd-98th percentile of the "
+                              "index's values even when the formula has a range (for indices "
+                              "of raw digital numbers, whose NDVI spans e.g. -0.3..0.3). "
+                              "Default: the formula's range (-1..1 for NDVI), else the 2nd-98th "
+                              "percentile; composites: a byte source as it is, others "
+                              "stretched by min/max."),
+        "fileName": text_param("Base name of the artifact."),
     },
 )
 

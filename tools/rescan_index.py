@@ -2,7 +2,7 @@
 (or of the entries of the listed ``types``) with :func:`tools.detect.detect`, the code
 uploads use.
 
-Files are checked in small batches spread over the cluster (:func:`tools.fanout.fan_out`);
+Files are checked in small batches spread over the cluster (:func:`tools.runtime.fanout.fan_out`);
 a file whose size or modification time differs from the index is hashed again, so a file
 replaced behind the index's back gets its new hash (and its build becomes stale). A file
 that is missing or that its reader cannot read (``error`` in its properties) is an error:
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools import fanout
 from tools.contract import (
     EntryUpdate,
     IndexedEntry,
@@ -30,35 +29,28 @@ from tools.contract import (
     ToolContext,
     ToolError,
     ToolResult,
-    ToolSpec,
+    flag_param,
+    text_param,
+    tool_spec,
 )
 from tools.detect import ENTRY_TYPES, detect
-from tools.hashing import sha256_file
+from tools.runtime import fanout
+from tools.runtime.hashing import sha256_file
 
 BATCH_SIZE = 8
 MAX_ERRORS_LOGGED = 20
 MTIME_TOLERANCE_SECONDS = 0.001
 
-SPEC = ToolSpec(
+SPEC = tool_spec(
     id="rescan-index",
-    version="1",
     title="Detect again the type and properties of the dataset's entries",
-    required_access="Write",
-    produces_artifact=False,
-    result_extension=None,
+    access="Write",
     reads_index=True,
-    input_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "types": {"type": "string", "maxLength": 500,
-                      "description": "Comma-separated entry types to rescan, e.g. "
-                                     "\"image,geoimage\"; default: all."},
-            "stopOnError": {"type": "boolean",
-                            "description": "Fail at the first unreadable file, changing "
-                                           "nothing; default: count errors and go on."},
-        },
+    properties={
+        "types": text_param("Comma-separated entry types to rescan, e.g. \"image,geoimage\"; "
+                            "default: all.", max_length=500, nullable=False),
+        "stopOnError": flag_param("Fail at the first unreadable file, changing nothing; "
+                                  "default: count errors and go on."),
     },
 )
 

@@ -27,9 +27,9 @@ from procplat.api.views import (
 from procplat.core import auth
 from procplat.core.datasets import Datasets, user_path
 from procplat.errors import BadRequest, NotFound, PayloadTooLarge
+from tools.archive.zip_policy import archive_members
+from tools.archive.zip_stream import stream_zip
 from tools.contract import InvalidParams
-from tools.zip_policy import archive_members
-from tools.zip_stream import stream_zip
 
 
 def _datasets(request: Request) -> Datasets:

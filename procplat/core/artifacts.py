@@ -35,8 +35,8 @@ from procplat.index import queries as q
 from procplat.index.db import INDEX_UNAVAILABLE, Database, utcnow
 from procplat.index.models import Artifact
 from procplat.settings import Settings
-from tools.safepath import SERVICE_FOLDER
-from tools.staging import STAGING_NAME
+from tools.runtime.safepath import SERVICE_FOLDER
+from tools.runtime.staging import STAGING_NAME
 
 __all__ = ["WORK_FOLDER_NAME", "Artifacts", "task_of_folder"]
 

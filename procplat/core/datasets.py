@@ -36,7 +36,7 @@ from procplat.index.db import Database, utcnow
 from procplat.index.models import Dataset, Entry, EntryBuild, Org
 from tools.contract import BuildState, EntryUpdate, IndexedEntry, InvalidParams
 from tools.detect import ENTRY_TYPES
-from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
+from tools.runtime.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VISIBILITIES = ("private", "public")

@@ -39,7 +39,7 @@ import anyio.to_thread
 from procplat.errors import InsufficientStorage, PayloadTooLarge
 from tools.contract import DISK_FULL_ERRNOS
 from tools.detect import Detected, detect
-from tools.hashing import sha256_file
+from tools.runtime.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

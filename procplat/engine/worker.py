@@ -42,7 +42,7 @@ from tools.contract import (
     ToolResult,
     is_disk_full,
 )
-from tools.hashing import sha256_file
+from tools.runtime.hashing import sha256_file
 
 CANCEL_CHECK_INTERVAL = 0.2
 PROGRESS_INTERVAL = 0.25

@@ -30,7 +30,7 @@ from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
 from tools.contract import InvalidParams, Reporter, ToolError
-from tools.safepath import PathLimits, UnsafePath, normalize_relpath
+from tools.runtime.safepath import PathLimits, UnsafePath, normalize_relpath
 
 READ_CHUNK = 64 * 1024  # small reads bound the libraries' read-ahead (see the ratio cap)
 MAX_ENTRIES = 20_000

@@ -1,6 +1,8 @@
-"""raster-export as lazy xarray/dask graphs: open, index, colorize, composite, plan.
+"""raster-export as lazy xarray/dask graphs: index, colorize, composite, plan.
 
-Notebook use, nothing is computed until asked (``.compute()``, ``.values``, a writer)::
+The rasters come from :func:`tools.raster.open_raster` (the one way to open one; its header,
+:class:`~tools.raster.RasterHeader`, is what the rules below read). Notebook use, nothing
+is computed until asked (``.compute()``, ``.values``, a writer)::
 
     da = open_raster("ortho.tif")                 # (band, y, x), chunked on the file's tiles
     ndvi = index(da, "NDVI", "RGBN")              # lazy float32, NaN where invalid
@@ -10,16 +12,9 @@ Notebook use, nothing is computed until asked (``.compute()``, ``.values``, a wr
 and the service path: ``plan = plan_export(path, params)`` validates the parameters before
 queueing (raises :class:`tools.contract.InvalidParams`), ``render(plan)`` builds the output.
 
-**Opening.** :func:`open_raster` reads with ``rioxarray.open_rasterio(lock=False,
-masked=False)``: native dtype, no scale/offset applied, all bands in one chunk, chunk sides
-multiples of the file's internal block (tile, or strip) about ``chunk_px`` (a chunk holds
-about ``chunk_px²`` pixels). The header (:class:`RasterHeader`: nodata per band, colour
-interpretation, alpha band, descriptions, metadata, block shape) is in
-``da.attrs["raster_header"]``.
-
 **Masks.** A pixel is invalid (NaN in an index, transparent in an output) when the alpha band
 is 0, a band that is used equals its nodata value (NaN-aware; a NaN in a used float band
-counts too), or — for indexes — a rule of :mod:`tools.spectral` (zero denominator, vNDVI
+counts too), or — for indexes — a rule of :mod:`tools.render.spectral` (zero denominator, vNDVI
 inputs ``<= 1e-10``) holds. The alpha band is the band described as ``alpha``, else the band
 whose colour interpretation is alpha (unless its description names a spectral band);
 automatic band filters and default composites never use it as data, and when a given band
@@ -32,7 +27,7 @@ text (``Re`` is one token, any other character skips a band, parsing stops at th
 — the alpha band included, as in the reference; when a letter repeats, the last band with it
 is used). :func:`infer_band_filter` (and :func:`auto_band_filter`, its letters), by the first
 rule that gives a letter: the band names of a sensor profile recognised by its metadata (see
-:mod:`tools.sensors`); the band descriptions, else colour interpretations, band by band
+:mod:`tools.raster.sensors`); the band descriptions, else colour interpretations, band by band
 (``red``, ``green``, ``blue``, ``nir``/``near infrared``, ``rededge``/``red edge``,
 ``thermal``/``lwir``; ``alpha`` marks the alpha band); a generic profile's band names; ``T``
 for a single-band raster that looks thermal (its sensor or metadata say so) or holds floats;
@@ -73,20 +68,25 @@ arrays carry ``attrs["formula"]`` and ``attrs["_FillValue"] = nan``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 
-from tools import colormaps, raster_checks, sensors, spectral
 from tools.contract import InvalidParams
+from tools.raster import (
+    DEFAULT_CHUNK_PX,
+    RasterHeader,
+    header_of,
+    open_raster,
+    read_header,
+    sensors,
+)
+from tools.render import colormaps, spectral
 
-DEFAULT_CHUNK_PX = 2048
 SAMPLE_TARGET = 1 << 20
 PERCENTILES = (2.0, 98.0)
 AUTO_RESCALE = "auto"
@@ -95,190 +95,9 @@ THERMAL_FORMULA = "CELSIUS"
 THERMAL_COLORMAP = "ironbow"
 GRAY_COLORMAP = "grayscale"
 _LETTERS = tuple(spectral.BAND_LETTERS)
-_GDAL_TYPES = {
-    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
-    "uint32": "UInt32", "int32": "Int32", "uint64": "UInt64", "int64": "Int64",
-    "float32": "Float32", "float64": "Float64",
-}
-# Domains that hold no sensor facts (DERIVED_SUBDATASETS repeats the file's path).
-_SKIPPED_DOMAINS = frozenset(("DERIVED_SUBDATASETS", "IMAGE_STRUCTURE"))
 
 BandFilter = list[str | None]
 RangeLike = str | Sequence[float] | None
-
-
-# --- the header --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class RasterHeader:
-    """What a raster's header says (no pixels read).
-
-    ``metadata`` holds ``KEY=VALUE`` items of the dataset's default and named metadata
-    domains (but DERIVED_SUBDATASETS and IMAGE_STRUCTURE) and of every band: what sensor
-    detection matches its patterns against.
-    """
-
-    path: str
-    width: int
-    height: int
-    count: int
-    dtype: str  # numpy name of band 1's type
-    name: str = ""  # how messages name the raster (a dataset path), never the server's path
-    block_shape: tuple[int, int] = (256, 256)  # (rows, cols) of band 1
-    nodatavals: tuple[float | None, ...] = ()
-    colorinterp: tuple[str, ...] = ()
-    descriptions: tuple[str | None, ...] = ()
-    metadata: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def alpha_band(self) -> int | None:
-        """The 1-based alpha band, or None: the band described as ``alpha``, else the one
-        whose colour interpretation is alpha unless its description names a spectral band
-        (GDAL marks the 4th band of a 4-band Byte TIFF alpha, even a NIR band)."""
-        for i, description in enumerate(self.descriptions):
-            if description and description.strip().lower() == "alpha":
-                return i + 1
-        for i, name in enumerate(self.colorinterp):
-            described = self.descriptions[i] if i < len(self.descriptions) else None
-            if name == "alpha" and not (described and sensors.band_letter(described)):
-                return i + 1
-        return None
-
-    @property
-    def data_bands(self) -> tuple[int, ...]:
-        """The 1-based bands that are not the alpha band."""
-        return tuple(b for b in range(1, self.count + 1) if b != self.alpha_band)
-
-    @property
-    def is_byte(self) -> bool:
-        return self.dtype == "uint8"
-
-    @property
-    def traits(self) -> sensors.RasterTraits:
-        return sensors.RasterTraits(
-            band_count=self.count,
-            data_type=_GDAL_TYPES.get(self.dtype, self.dtype),
-            metadata=self.metadata,
-            descriptions=self.descriptions,
-            colorinterp=self.colorinterp,
-            alpha_band=self.alpha_band,
-        )
-
-    @cached_property
-    def sensor(self) -> sensors.SensorMatch | None:
-        return sensors.detect_sensor(self.traits)
-
-    def nodata(self, band: int) -> float | None:
-        """The nodata value of a 1-based band, or None."""
-        return self.nodatavals[band - 1] if band - 1 < len(self.nodatavals) else None
-
-
-def read_header(path: str | Path, *, name: str | None = None) -> RasterHeader:
-    """Read a raster's header with rasterio (metadata only) and check its blocks lie
-    inside the file (:func:`tools.raster_checks.check_blocks`).
-
-    ``name`` is how errors name the file (a tool passes the dataset path; default: the
-    file name). Raises :class:`~tools.raster_checks.RasterUnreadable` when GDAL cannot open
-    it, :class:`~tools.raster_checks.RasterDamaged` when it is truncated.
-    """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-
-    label = name or Path(path).name
-    with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE"):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            src = rasterio.open(path)
-        except RasterioError:
-            raise raster_checks.unreadable(label) from None
-        with src:
-            metadata = [f"{k}={v}" for k, v in src.tags().items()]
-            for namespace in src.tag_namespaces():
-                if namespace in _SKIPPED_DOMAINS:
-                    continue
-                metadata += [f"{k}={v}" for k, v in src.tags(ns=namespace).items()]
-            for band in range(1, src.count + 1):
-                metadata += [f"{k}={v}" for k, v in src.tags(band).items()]
-            if not src.count:
-                raise raster_checks.RasterUnreadable(f"{label} has no bands")
-            raster_checks.check_blocks(src, label)
-            rows, cols = src.block_shapes[0]
-            return RasterHeader(
-                path=str(path),
-                name=label,
-                width=src.width,
-                height=src.height,
-                count=src.count,
-                dtype=str(src.dtypes[0]),
-                block_shape=(int(rows), int(cols)),
-                nodatavals=tuple(None if v is None else float(v) for v in src.nodatavals),
-                colorinterp=tuple(ci.name for ci in src.colorinterp),
-                descriptions=tuple(d or None for d in src.descriptions),
-                metadata=tuple(metadata),
-            )
-
-
-def header_of(da: xr.DataArray) -> RasterHeader:
-    """The header of a DataArray from :func:`open_raster`, or one made from its attrs."""
-    header = da.attrs.get("raster_header")
-    if isinstance(header, RasterHeader):
-        return header
-    count = da.sizes.get("band", 1)
-    fill = da.attrs.get("_FillValue", da.rio.nodata if hasattr(da, "rio") else None)
-    return RasterHeader(
-        path="",
-        width=da.sizes["x"],
-        height=da.sizes["y"],
-        count=count,
-        dtype=str(da.dtype),
-        nodatavals=(None if fill is None else float(fill),) * count,
-    )
-
-
-# --- opening -----------------------------------------------------------------------------
-
-
-def open_raster(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX,
-                name: str | None = None) -> xr.DataArray:
-    """Open a raster as a lazy ``(band, y, x)`` DataArray chunked on its internal blocks.
-
-    ``name`` names the raster in errors (see :func:`read_header`); a chunk that cannot be
-    read raises :class:`~tools.raster_checks.RasterDamaged` naming the block.
-    """
-    import os
-    from functools import partial
-
-    import rioxarray
-    from dask.base import tokenize
-
-    header = read_header(path, name=name)
-    rows, cols = chunk_shape(header, chunk_px)
-    da = rioxarray.open_rasterio(path, lock=False, masked=False, cache=False)
-    assert isinstance(da, xr.DataArray)
-    chunks = {"band": -1, "y": rows, "x": cols}
-    # as rioxarray names its chunks (file, mtime, chunks), read through raster_checks
-    try:
-        mtime: float | None = os.path.getmtime(path)
-    except OSError:  # not a local file (a GDAL virtual path)
-        mtime = None
-    token = tokenize(str(path), mtime, chunks)
-    da = da.chunk(chunks, name_prefix=f"open_rasterio-{token}", token=token,
-                  from_array_kwargs={"getitem": partial(raster_checks.read_window,
-                                                        name=header.name)})
-    da.attrs["raster_header"] = header
-    return da
-
-
-def chunk_shape(header: RasterHeader, chunk_px: int = DEFAULT_CHUNK_PX) -> tuple[int, int]:
-    """(rows, cols) of a chunk: multiples of the block shape, about ``chunk_px²`` pixels."""
-    block_rows, block_cols = header.block_shape
-    wanted_cols = max(block_cols, round(chunk_px / block_cols) * block_cols)
-    cols = max(1, min(header.width, wanted_cols))
-    # Square chunks, unless the width (or a strip) decides the columns: then keep the area.
-    wanted_rows = chunk_px if cols == wanted_cols else chunk_px * chunk_px / cols
-    rows = max(block_rows, round(wanted_rows / block_rows) * block_rows)
-    return max(1, min(header.height, rows)), cols
 
 
 # --- band filters ------------------------------------------------------------------------
@@ -313,7 +132,7 @@ class BandFilterChoice:
 def infer_band_filter(source: xr.DataArray | RasterHeader) -> BandFilterChoice:
     """The band filter a raster implies, by the first rule that gives a letter: the band
     names of a sensor profile recognised by its metadata; the band descriptions and colour
-    interpretations (per band, the description first; see :func:`tools.sensors.band_letter`);
+    interpretations (per band, the description first; see :func:`tools.raster.sensors.band_letter`);
     the band names of a generic profile (``generic-4band``: B, G, R, N); ``T`` for a
     single-band raster that looks thermal or holds floats; else ``R G B`` on the first three
     non-alpha bands."""
@@ -439,7 +258,7 @@ def _and(items: Sequence[str]) -> str:
 def index(
     da: xr.DataArray, formula: str, band_filter: str | Sequence[str | None] | None = None
 ) -> xr.DataArray:
-    """A lazy float32 ``(y, x)`` index, NaN where invalid (see :mod:`tools.spectral`)."""
+    """A lazy float32 ``(y, x)`` index, NaN where invalid (see :mod:`tools.render.spectral`)."""
     spec = _formula(formula)
     header = header_of(da)
     choice = _choose_filter(header, band_filter)

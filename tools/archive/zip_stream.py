@@ -1,7 +1,7 @@
 """A ZIP built while it is sent, for the direct download route (small selections).
 
 Uses ``zipstream-ng`` with the same members and per-file compression as ``bulk-download``
-(:mod:`tools.zip_policy`). Sizes are passed along so ZIP64 records are used exactly where a
+(:mod:`tools.archive.zip_policy`). Sizes are passed along so ZIP64 records are used exactly where a
 member needs them; when every member is stored, the final size is known in advance
 (:func:`zip_size`), so the route can send ``Content-Length``.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from zipstream import ZipStream
 
-from tools.zip_policy import Member, compress_type
+from tools.archive.zip_policy import Member, compress_type
 
 DEFLATE_LEVEL = 6
 

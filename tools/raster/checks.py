@@ -9,7 +9,7 @@ path, e.g. ``flight1/ortho.tif``), never the server's path to the file:
   truncated or damaged: block 12,7 cannot be read: ...").
 
 Two places find damage. :func:`check_blocks` is the cheap check made whenever a header is
-read (:func:`tools.raster_graph.read_header`): for a TIFF it compares the file's size with
+read (:func:`tools.raster.read_header`): for a TIFF it compares the file's size with
 the end of the tiles or strips GDAL knows about (``BLOCK_OFFSET_x_y``/``BLOCK_SIZE_x_y`` of
 the ``TIFF`` metadata domain), which finds a truncated file without reading any pixel.
 Damage inside the file (a tile whose bytes do not decode) is found only by reading it:
@@ -120,7 +120,7 @@ def checked_read(name: str, read: Callable[..., T], *args: Any, **kwargs: Any) -
 
 def read_window(array: Any, key: Any, *, name: str) -> Any:
     """``array[key]`` as numpy, for ``dask.array.from_array(getitem=...)``: the one place
-    the chunks of :func:`tools.raster_graph.open_raster` are read."""
+    the chunks of :func:`tools.raster.open_raster` are read."""
     import numpy as np
 
     return checked_read(name, lambda: np.asarray(array[key]))

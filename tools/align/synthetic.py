@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from affine import Affine
 
-from tools.registration import Similarity, apply_affine
+from tools.align.registration import Similarity, apply_affine
 
 Kind = Literal["rgb", "elevation", "grey"]
 

@@ -18,9 +18,9 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from tools.raster_checks import checked_read
-from tools.raster_graph import RasterHeader, read_header
-from tools.registration import Similarity, apply_affine
+from tools.align.registration import Similarity, apply_affine
+from tools.raster import RasterHeader, read_header
+from tools.raster.checks import checked_read
 
 
 @dataclass(frozen=True)

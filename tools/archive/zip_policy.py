@@ -24,7 +24,7 @@ archive the same files the same way:
   Deciding costs one open and a few small reads per file that is not in rule 1, against
   reading and compressing the whole file.
 - :func:`archive_members` expands a selection of user paths (or the whole dataset) into the
-  regular files to archive, with every user path checked by :mod:`tools.safepath` and every
+  regular files to archive, with every user path checked by :mod:`tools.runtime.safepath` and every
   symlink met on the way kept inside the dataset.
 """
 
@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from tools.contract import InvalidParams
-from tools.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
+from tools.runtime.safepath import SERVICE_FOLDER, normalize_relpath, resolve_in_dataset
 
 COMPRESSED_FORMATS = frozenset({
     # images whose pixels are compressed by the format itself
@@ -171,7 +171,7 @@ def archive_members(root: Path, rel_paths: list[str] | None) -> list[Member]:
 
     ``rel_paths=None`` is the whole dataset, including ``.ddb`` but not ``.ddb/build`` or
     ``.ddb/tmp``. Otherwise each user path (file or folder, folders recursively) is checked
-    with :func:`resolve_in_dataset` (raising :class:`~tools.safepath.UnsafePath`) and must
+    with :func:`resolve_in_dataset` (raising :class:`~tools.runtime.safepath.UnsafePath`) and must
     exist (:class:`InvalidParams` otherwise). Symlinks found while walking are followed only
     when they resolve inside the dataset and outside the service folders the selection
     excludes; non-regular files (FIFOs, sockets, devices) are skipped.

@@ -12,7 +12,7 @@ Rules, first match wins:
    suffix (``a.TAR.GZ`` is an archive): las/laz → pointcloud; geojson/gpkg/shp/kml/fgb →
    vector; zip/tar/tgz/tar.gz/tar.bz2/tar.xz/7z → archive; md → markdown; obj/gltf/glb/ply
    → model; mp4/mov/avi/mkv/webm → video. Only point clouds and vectors among these are
-   opened, for their header properties (:mod:`tools.detect_geodata`). Unknown → generic.
+   opened, for their header properties (:mod:`tools.detect.geodata`). Unknown → generic.
 3. A picture (jpg/jpeg/tif/tiff/png/dng/webp) is opened:
 
    - a ``.tif``/``.tiff`` whose dataset has a CRS (``rasterio`` ``src.crs``; GCP-only
@@ -38,7 +38,7 @@ Properties:
   plus ``gps`` = {latitude, longitude, altitude} (floats, S/W negative, altitude None when
   absent, negative below sea level) whenever GPS is present.
 
-- pointcloud, vector: see :mod:`tools.detect_geodata`; a file its library cannot read keeps
+- pointcloud, vector: see :mod:`tools.detect.geodata`; a file its library cannot read keeps
   its type with ``properties = {"error": "<short message>"}``.
 
 Failures: a picture Pillow cannot read (corrupt, truncated, wrong content, float or 4-band
@@ -171,11 +171,11 @@ def detect(path: Path) -> Detected:
 
 def _detect_geodata(path: Path, entry_type: str) -> Detected:
     """A point cloud or vector file: its header properties, or an ``error`` property."""
-    from tools import detect_geodata
+    from tools.detect import geodata
 
     read = (
-        detect_geodata.pointcloud_properties if entry_type == "pointcloud"
-        else detect_geodata.vector_properties
+        geodata.pointcloud_properties if entry_type == "pointcloud"
+        else geodata.vector_properties
     )
     try:
         properties = read(path)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tools.contract import ToolError
-from tools.safepath import SERVICE_FOLDER, UnsafePath, open_folder_nofollow
+from tools.runtime.safepath import SERVICE_FOLDER, UnsafePath, open_folder_nofollow
 
 STAGING_NAME = re.compile(r"^[a-z0-9-]+-(?P<task>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 

@@ -1,6 +1,6 @@
 """How far pieces running anywhere on the cluster have got, before their results come back.
 
-A task that fans pieces out (:mod:`tools.cog`) learns that a piece is done only when its
+A task that fans pieces out (:mod:`tools.raster.cog`) learns that a piece is done only when its
 result arrives, which for a 2048² piece is a sixteenth of a 6000² raster at once. To move
 its progress while pieces run, it hands each piece a :class:`Ticker` (:func:`counting`): a
 piece calls ``ticker.tick(n)`` as it finishes units of work (tiles), and the counting task's

@@ -7,7 +7,7 @@ model. ``estimate`` then matches up to ``MAX_WINDOWS_PER_SIDE``² full-resolutio
 source against the reference warped by the current model, in batches that run as Dask tasks
 (each reads only its windows from disk), and fits the tie points with RANSAC + least squares;
 a similarity gets a second pass against the refined model. The numerical steps are in
-:mod:`tools.registration`.
+:mod:`tools.align.registration`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from tools import registration as reg
-from tools.align_pair import Overlap, Pair, read_values
+from tools.align import registration as reg
+from tools.align.pair import Overlap, Pair, read_values
 from tools.contract import Reporter, ToolError
-from tools.fanout import StopSignal, fan_out
+from tools.runtime.fanout import StopSignal, fan_out
 
 COARSE_SIZE = 512
 COARSE_WINDOW = 128

@@ -1,6 +1,6 @@
 """Two rasters to co-register: their grids, how matching values are read from them, the map
 from source pixels to reference pixels (through a reprojection when their CRSs differ) and
-their overlap. Used by :mod:`tools.align_match` and :mod:`tools.align_raster`.
+their overlap. Used by :mod:`tools.align.match` and :mod:`tools.align_raster`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from tools import registration as reg
+from tools.align import registration as reg
 from tools.contract import InvalidParams
-from tools.raster_checks import checked_read, unreadable
-from tools.raster_graph import RasterHeader, read_header
+from tools.raster import RasterHeader, read_header
+from tools.raster.checks import checked_read, unreadable
 
 LUMA = (0.299, 0.587, 0.114)
 

@@ -14,6 +14,10 @@ as a value, and :func:`piece_result` raises that again in the parent, which ends
 usual way. So a cancelled run or a :class:`~tools.contract.ToolError` (outcomes, not faults)
 logs nothing on the workers, and a bug in a piece is logged once, by whoever runs the tool,
 with the piece's frames in its traceback (``distributed`` pickles tracebacks).
+
+:func:`executor` is the one seam every piece runs through (:func:`fan_out` here, and
+:func:`tools.raster.cog.write_cog`'s pieces): an :class:`Executor` that submits, waits for
+the first pieces done, and cancels, on the Dask cluster or in local threads alike.
 """
 
 from __future__ import annotations
@@ -22,17 +26,24 @@ import concurrent.futures
 import functools
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tools.contract import Cancelled, Reporter, ToolError
 
 T = TypeVar("T")
 POLL_INTERVAL = 0.01
 CHECK_INTERVAL = 0.2
+
+
+class Stop(Protocol):
+    """Anything with ``check()`` raising :class:`Cancelled` (e.g. :class:`StopSignal`)."""
+
+    def check(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -123,19 +134,122 @@ def default_client() -> Any:
         return None
 
 
+# --- the executor seam: the cluster, or local threads ---------------------------------------
+
+
+class Executor(Protocol):
+    """Where pieces run: the Dask cluster seen from the caller, or a local thread pool.
+
+    ``slots`` is how many pieces run at once (the cluster's threads); ``client`` the
+    ``distributed`` client they run through (None for local threads), e.g. to receive their
+    worker events; ``stop`` the cancellation to hand to pieces (for local threads it is also
+    set when the executor cancels or closes, so running pieces stop with it)."""
+
+    slots: int
+    client: Any
+    stop: Stop | None
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int = 0) -> Any:
+        """Run ``fn(*args)`` as a piece (on the cluster: with that key and priority, and as
+        a :func:`piece`: see :func:`piece_result`); returns its future."""
+
+    def put(self, data: T) -> T | Any:
+        """``data`` as an argument for pieces: on the cluster, scattered once."""
+
+    def wait_any(self, futures: Sequence[Any], timeout: float) -> set[Any]:
+        """The futures done within ``timeout`` seconds (empty if none is)."""
+
+    def cancel(self, futures: Sequence[Any]) -> None:
+        """Cancel the pieces not done (running local ones see it through ``stop``)."""
+
+
+class _ThreadExecutor:
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor, slots: int,
+                 stop: Stop | None) -> None:
+        self.pool = pool
+        self.slots = slots
+        self.client = None
+        self.event = threading.Event()
+        self.outer = stop
+        self.stop: Stop | None = self
+
+    def check(self) -> None:  # the stop handed to pieces running in our threads
+        if self.event.is_set():
+            raise Cancelled()
+        if self.outer is not None:
+            self.outer.check()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int = 0) -> Any:
+        return self.pool.submit(fn, *args)
+
+    def put(self, data: T) -> T:
+        return data
+
+    def wait_any(self, futures: Sequence[Any], timeout: float) -> set[Any]:
+        done, _ = concurrent.futures.wait(
+            futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        return done
+
+    def cancel(self, futures: Sequence[Any]) -> None:
+        self.event.set()
+        for future in futures:
+            future.cancel()
+
+
+class _DaskExecutor:
+    def __init__(self, client: Any, stop: Stop | None) -> None:
+        self.client = client
+        self.slots = max(1, sum(client.nthreads().values()))
+        self.stop = stop
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, priority: int = 0) -> Any:
+        # a cancelled piece returns, not raises: see piece()
+        return self.client.submit(piece(fn), *args, key=key, pure=False, priority=priority)
+
+    def put(self, data: T) -> Any:
+        return self.client.scatter(data, hash=False)
+
+    def wait_any(self, futures: Sequence[Any], timeout: float) -> set[Any]:
+        # Polled, not distributed.wait(timeout=...): the TimeoutError that raises is caught in
+        # a reference cycle that keeps the pending futures (and their results on the
+        # workers) alive until the garbage collector runs, so memory grew with the work.
+        deadline = time.monotonic() + timeout
+        while True:
+            done = {f for f in futures if f.done()}
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(POLL_INTERVAL)
+
+    def cancel(self, futures: Sequence[Any]) -> None:
+        if futures:
+            self.client.cancel(list(futures))
+
+
 @contextmanager
-def _executor() -> Iterator[Any]:
-    """A Dask client seen from inside a task, the default client, or a local thread pool."""
+def executor(stop: Stop | None = None, *, thread_name: str = "piece") -> Iterator[Executor]:
+    """The cluster seen from inside a task, the default client, or local threads (as many
+    as dask's ``num_workers``, else the CPUs; named ``thread_name``). ``stop`` is the run's
+    cancellation, handed to pieces as :attr:`Executor.stop`."""
     if on_worker():
         from distributed import worker_client
 
         with worker_client() as client:
-            yield client
-    elif (client := default_client()) is not None:
-        yield client
-    else:
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-            yield pool
+            yield _DaskExecutor(client, stop)
+        return
+    client = default_client()
+    if client is not None:
+        yield _DaskExecutor(client, stop)
+        return
+    import dask
+
+    slots = int(dask.config.get("num_workers", None) or os.cpu_count() or 2)
+    pool = concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix=thread_name)
+    threads = _ThreadExecutor(pool, slots, stop)
+    try:
+        yield threads
+    finally:
+        threads.event.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fan_out(
@@ -148,20 +262,13 @@ def fan_out(
     """Run ``fn(*a)`` for every ``a`` in ``args`` on the cluster; yield results in order."""
     if not args:
         return
-    with _executor() as executor:
-        dask = not isinstance(executor, concurrent.futures.Executor)
-        if dask:
-            keys = [f"{key_prefix}-{i}" for i in range(len(args))]
-            futures = [executor.submit(piece(fn), *a, key=k, pure=False)
-                       for a, k in zip(args, keys)]
-        else:
-            futures = [executor.submit(fn, *a) for a in args]
+    with executor(thread_name=key_prefix) as pieces:
+        futures = [pieces.submit(fn, *a, key=f"{key_prefix}-{i}") for i, a in enumerate(args)]
         try:
             for future in futures:
                 yield _wait(future, reporter)
         finally:
-            for future in futures:
-                future.cancel()
+            pieces.cancel(futures)
 
 
 def _wait(future: Any, reporter: Reporter) -> Any:
