@@ -22,6 +22,7 @@ from procplat.core.supervisor import Supervisor
 from procplat.core.tasks import Tasks
 from procplat.index.db import Database
 from procplat.settings import Settings, load_settings
+from procplat.web import console_mount
 
 log = logging.getLogger("procplat")
 
@@ -34,6 +35,7 @@ def create_app(
     this process does in a fleet (:data:`procplat.core.supervisor.ROLES`): the ``supervisor``
     role answers ``/sys/health`` only."""
     settings = settings or load_settings()
+    secret = secret_key(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -53,7 +55,7 @@ def create_app(
         app.state.tasks = Tasks(
             settings=settings, db=db, registry=registry, datasets=datasets, supervisor=supervisor
         )
-        app.state.links = Links(tasks=app.state.tasks, secret=secret_key(settings),
+        app.state.links = Links(tasks=app.state.tasks, secret=secret,
                                 max_expiry_seconds=settings.link_max_expiry_seconds)
         app.state.principal_cache = {}
         log.info("procplat ready; Dask dashboard: %s", supervisor.dashboard_link)
@@ -64,7 +66,8 @@ def create_app(
             db.dispose()
 
     routes = [*platform_routes.ROUTES, *task_routes.ROUTES, *link_routes.ROUTES,
-              *system_routes.ROUTES, *docs_routes.ROUTES]
+              *system_routes.ROUTES, *docs_routes.ROUTES,
+              *console_mount(settings, secret)]
     if role == "supervisor":
         routes = [system_routes.HEALTH]
     return Starlette(
