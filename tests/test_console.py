@@ -64,7 +64,8 @@ def test_sign_in_keeps_the_token_in_a_signed_strict_httponly_cookie(world: World
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
     home = browser.http.get("/ui/")
     assert world.username in home.text and f"{world.org}" in home.text
-    forged = httpx.Client(base_url=world.server.url, cookies={"procplat_console": "x" * 40})
+    forged = httpx.Client(base_url=world.server.url, cookies={"procplat_console": "x" * 40},
+                          timeout=60)
     assert world.username not in forged.get("/ui/").text
     assert browser.http.post("/ui/signout", data={"csrf": "wrong"}).status_code == 403
     out = browser.http.post("/ui/signout", data={"csrf": browser.csrf("/ui/")})
