@@ -187,3 +187,18 @@ def test_thumbnails_read_overviews_and_skip_huge_rasters_without_them(tmp_path: 
         dst.build_overviews([2, 4, 8, 16, 32])
     png = thumbnail_png([huge])
     assert png is not None and max(Image.open(io.BytesIO(png)).size) == 256
+
+
+def test_the_package_data_ships_every_template_and_asset() -> None:
+    """A non-editable install has the console's files: pyproject's package-data covers them."""
+    import tomllib
+
+    import procplat.web
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["procplat.web"]
+    web = Path(procplat.web.__file__).parent
+    shipped = {p for pattern in patterns for p in web.glob(pattern)}
+    needed = {p for folder in ("templates", "static") for p in (web / folder).iterdir()}
+    assert needed and needed <= shipped

@@ -20,6 +20,9 @@ def test_docs_page_and_its_assets_are_served_locally(server: LiveServer) -> None
         assert asset.status_code == 200 and asset.content, source
     assert "SwaggerUIBundle" in anonymous.get("/docs/assets/swagger-ui-bundle.js").text
     assert '"/openapi.json"' in anonymous.get("/docs/init.js").text
+    paths = anonymous.get("/openapi.json").json()["paths"]
+    assert {"/links/{token}/{name}", "/orgs/{org}/ds/{ds}/tasks/{task}/result/link",
+            "/orgs/{org}/ds/{ds}/files/{path}/link"} <= set(paths)
 
 
 def test_no_cross_origin_access_by_default(server: LiveServer) -> None:

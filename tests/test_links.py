@@ -45,6 +45,9 @@ def test_artifact_link_opens_in_gdal_vsicurl_like_the_download(
 ) -> None:
     status = _exported(world, raster)
     link = _link(world, status["artifact"]["resultUrl"], expiresIn=600)
+    assert "link" not in status["artifact"]
+    ready = world.user.get(f"{world.tasks_url}/{status['taskId']}?link=true").json()["artifact"]
+    assert world.server.client(token=None).head(ready["link"]["url"]).status_code == 200
     downloaded = tmp_path / "download.tif"
     downloaded.write_bytes(world.user.get(status["artifact"]["resultUrl"]).content)
     window = Window(300, 200, 400, 300)

@@ -13,9 +13,10 @@ from starlette.routing import Route
 
 from procplat.api.file_response import file_response
 from procplat.api.http import caller_async, json_response, read_json_object
+from procplat.core.auth import Principal
 from procplat.core.links import LINK_PREFIX, Links
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "ready_result_link"]
 
 
 def _links(request: Request) -> Links:
@@ -28,6 +29,13 @@ async def _expires_in(request: Request) -> Any:
             and "transfer-encoding" not in request.headers:
         return None
     return (await read_json_object(request)).get("expiresIn")
+
+
+def ready_result_link(request: Request, who: Principal | None, task_id: str) -> dict[str, Any]:
+    """A link to the task's artifact for its status (``?link=true``), of the default life."""
+    p = request.path_params
+    link = _links(request).result_link(who, p["org"], p["ds"], task_id, None)
+    return link.describe(str(request.base_url))
 
 
 async def result_link(request: Request) -> Response:

@@ -8,7 +8,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from procplat.api.file_response import file_response
-from procplat.api.http import caller, caller_async, json_response, query, read_json
+from procplat.api.http import caller, caller_async, json_response, query, query_bool, read_json
+from procplat.api.link_routes import ready_result_link
 from procplat.core.tasks import Tasks
 
 BASE = "/orgs/{org}/ds/{ds}/tasks"
@@ -45,9 +46,11 @@ def list_tasks(request: Request) -> Response:
 
 
 def task_status(request: Request) -> Response:
-    return json_response(
-        _tasks(request).status(caller(request), *_where(request), request.path_params["task"])
-    )
+    who = caller(request)
+    status = _tasks(request).status(who, *_where(request), request.path_params["task"])
+    if query_bool(request, "link") and status["artifact"] is not None:  # a ready signed link
+        status["artifact"]["link"] = ready_result_link(request, who, status["taskId"])
+    return json_response(status)
 
 
 def task_log(request: Request) -> Response:
