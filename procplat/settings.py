@@ -46,6 +46,10 @@ class Settings:
     max_upload_bytes: int = 100 * GiB
     max_json_body_bytes: int = 1024**2
     sweep_interval_seconds: float = 60.0
+    secret_key: str | None = None  # signs links and console cookies; None: <data>/secret-key
+    link_max_expiry_seconds: float = 3600.0
+    cors_origins: str | None = None  # comma-separated origins allowed cross-origin; None: none
+    console_session_hours: float = 12.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,11 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.data / "work"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The origins of ``cors_origins`` (``*`` allows any)."""
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -57,7 +57,8 @@ OPERATIONS = [
        errors=(400, 401, 403, 404, 413, 429)),
     Op("get", TASKS, "List the dataset's tasks, newest first (taskId: those whose id starts "
        "with it)", "tasks", query=("toolId", "state", "taskId", "skip", "take")),
-    Op("get", f"{TASKS}/{{task}}", "Task status", "tasks"),
+    Op("get", f"{TASKS}/{{task}}", "Task status (link=true: the artifact carries a signed link)",
+       "tasks", query=("link",)),
     Op("delete", f"{TASKS}/{{task}}", "Cancel an active task or mark a concluded one Deleted",
        "tasks"),
     Op("get", f"{TASKS}/{{task}}/log", "Log lines beyond a cursor", "tasks", query=("since",)),
@@ -67,6 +68,16 @@ OPERATIONS = [
        errors=(404, 410, 416)),
     Op("post", f"{TASKS}/clear", "Remove the dataset's concluded tasks and their artifacts",
        "tasks", query=("toolId",)),
+    Op("post", f"{TASKS}/{{task}}/result/link", "A signed link to the artifact, opened without "
+       "a token until it expires", "links", body="LinkRequest", ok=(201,),
+       errors=(400, 401, 404, 410)),
+    Op("post", f"{DS}/files/{{path}}/link", "A signed link to the file's current version",
+       "links", body="LinkRequest", ok=(201,)),
+    Op("get", "/links/{token}/{name}", "Open a signed link (Range, ETag, HEAD as on the "
+       "authenticated route; 403 tampered, 410 expired or revoked)", "links",
+       ok=(200, 206, 304), errors=(403, 410, 416)),
+    Op("head", "/links/{token}/{name}", "Headers of a signed link", "links",
+       ok=(200, 206, 304), errors=(403, 410, 416)),
     Op("get", "/sys/health", "Index and Dask scheduler health, with the dashboard link", "system",
        ok=(200, 503), errors=()),
     Op("get", "/sys/features", "Task states, tools and version", "system", errors=()),
@@ -81,6 +92,7 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "since": {"type": "integer", "minimum": 0, "default": 0},
     "recursive": {"type": "boolean", "default": False},
     "userId": {"type": "integer"},
+    "link": {"type": "boolean", "default": False},
 }
 
 STATUS_TEXT = {
@@ -110,6 +122,10 @@ def _components(registry: Registry) -> dict[str, Any]:
             "NewDataset": {"type": "object", "required": ["slug"], "properties": {
                 "slug": {"type": "string"},
                 "visibility": {"enum": ["private", "public"], "default": "private"}}},
+            "LinkRequest": {"type": "object", "properties": {
+                "expiresIn": {"type": "number", "exclusiveMinimum": 0,
+                              "description": "Seconds; default and bound: "
+                                             "LINK_MAX_EXPIRY_SECONDS"}}},
             "Submission": {"type": "object", "required": ["toolId"], "properties": {
                 "toolId": {"type": "string"}, "version": {"type": "string"},
                 "path": {"type": "string"}, "force": {"type": "boolean", "default": False},

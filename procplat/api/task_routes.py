@@ -8,7 +8,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from procplat.api.file_response import file_response
-from procplat.api.http import caller, caller_async, json_response, query, read_json
+from procplat.api.http import caller, caller_async, json_response, query, query_bool, read_json
+from procplat.api.link_routes import ready_result_link
 from procplat.api.views import log_json, submitted_json, task_json, tool_json
 from procplat.core.tasks import Tasks
 
@@ -48,9 +49,12 @@ def list_tasks(request: Request) -> Response:
 
 
 def task_status(request: Request) -> Response:
-    return json_response(task_json(
-        _tasks(request).status(caller(request), *_where(request), request.path_params["task"])
-    ))
+    who = caller(request)
+    task = _tasks(request).status(who, *_where(request), request.path_params["task"])
+    status = task_json(task)
+    if query_bool(request, "link") and task.artifact is not None:  # a ready signed link
+        status["artifact"]["link"] = ready_result_link(request, who, task.task_id)
+    return json_response(status)
 
 
 def task_log(request: Request) -> Response:

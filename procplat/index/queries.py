@@ -36,6 +36,10 @@ def user_by_token_hash(s: Session, token_hash: str) -> User | None:
     return s.scalar(select(User).join(Token, Token.user_id == User.id).where(Token.token_hash == token_hash))
 
 
+def all_users(s: Session) -> Sequence[User]:
+    return s.scalars(select(User).order_by(User.username)).all()
+
+
 def user_by_name(s: Session, username: str) -> User | None:
     return s.scalar(select(User).where(User.username == username))
 
