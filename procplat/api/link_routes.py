@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from procplat.api.file_response import file_response
 from procplat.api.http import caller_async, json_response, read_json_object
+from procplat.api.views import link_json
 from procplat.core.auth import Principal
 from procplat.core.links import LINK_PREFIX, Links
 
@@ -35,7 +36,7 @@ def ready_result_link(request: Request, who: Principal | None, task_id: str) -> 
     """A link to the task's artifact for its status (``?link=true``), of the default life."""
     p = request.path_params
     link = _links(request).result_link(who, p["org"], p["ds"], task_id, None)
-    return link.describe(str(request.base_url))
+    return link_json(link, str(request.base_url))
 
 
 async def result_link(request: Request) -> Response:
@@ -45,7 +46,7 @@ async def result_link(request: Request) -> Response:
     link = await run_in_threadpool(
         _links(request).result_link, who, p["org"], p["ds"], p["task"], expires_in
     )
-    return json_response(link.describe(str(request.base_url)), 201)
+    return json_response(link_json(link, str(request.base_url)), 201)
 
 
 async def file_link(request: Request) -> Response:
@@ -55,7 +56,7 @@ async def file_link(request: Request) -> Response:
     link = await run_in_threadpool(
         _links(request).file_link, who, p["org"], p["ds"], p["path"], expires_in
     )
-    return json_response(link.describe(str(request.base_url)), 201)
+    return json_response(link_json(link, str(request.base_url)), 201)
 
 
 async def open_link(request: Request) -> Response:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from procplat.core.datasets import DatasetRef
+from procplat.core.links import Link
 from procplat.core.views import (
     ArtifactView,
     BuildView,
@@ -33,6 +34,7 @@ __all__ = [
     "entry_json",
     "features_json",
     "iso",
+    "link_json",
     "log_json",
     "member_json",
     "org_json",
@@ -181,3 +183,9 @@ def created_org_json(org: OrgView) -> JSON:
 
 def member_json(member: MemberView) -> JSON:
     return {"org": member.org, "username": member.username}
+
+
+# links ---------------------------------------------------------------------------------------
+def link_json(link: Link, base_url: str) -> JSON:
+    """A signed link: its absolute URL (on the address the caller used) and expiry."""
+    return {"url": base_url.rstrip("/") + link.path, "expiresAt": iso(link.expires_at)}

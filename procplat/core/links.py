@@ -22,7 +22,7 @@ from urllib.parse import quote
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from procplat.core.auth import Principal
-from procplat.core.datasets import Datasets, iso, user_path
+from procplat.core.datasets import Datasets, user_path
 from procplat.core.tasks import Tasks
 from procplat.errors import BadRequest, Forbidden, Gone, NotFound
 from procplat.index import queries as q
@@ -42,9 +42,6 @@ class Link:
 
     path: str
     expires_at: datetime
-
-    def describe(self, base_url: str) -> dict[str, str | None]:
-        return {"url": base_url.rstrip("/") + self.path, "expiresAt": iso(self.expires_at)}
 
 
 @dataclass(frozen=True, kw_only=True)
