@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import procplat.web.data
 from procplat.web.thumbnails import thumbnail_png
 from tests.conftest import ADMIN_TOKEN, World, new_world
 from tests.test_raster_export_service import write_rgbn
@@ -108,7 +109,12 @@ def test_names_and_messages_are_escaped(world: World, console: Console) -> None:
     assert "&lt;script&gt;" in bad.text
 
 
-def test_a_non_member_sees_nothing_of_a_private_dataset(world: World, raster: Path) -> None:
+def test_a_non_member_sees_nothing_of_a_private_dataset(
+    world: World, raster: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one org per page, so the home page must page through every org (an admin's server in
+    # CI has hundreds, more than one page of the listing)
+    monkeypatch.setattr(procplat.web.data, "CONSOLE_TAKE", 1)
     world.upload("field.tif", raster.read_bytes())
     task_id = world.submit("bulk-download", {"paths": ["field.tif"]}).json()["taskId"]
     outsider = new_world(world.server)

@@ -260,6 +260,9 @@ def test_lease_session_ended_by_the_server_is_reported_lost_at_once(
     import psycopg
 
     url = postgres.new_database()
+    # the lease's connection gets a descriptor above select()'s FD_SETSIZE (1024), as in a
+    # busy process: the watch must not depend on select.select
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
     lease = PostgresLease(url, "holder")
     lost = threading.Event()
     lease.on_lost = lost.set
@@ -276,6 +279,8 @@ def test_lease_session_ended_by_the_server_is_reported_lost_at_once(
         assert lease.try_acquire() and lease.holder() == "holder"
     finally:
         lease.release()
+        for fd in spare:
+            os.close(fd)
 
 
 def _noise_raster(path: Path, size: int) -> Path:

@@ -94,9 +94,10 @@ class PostgresLease:
         connection, bar a rare parameter change), then report the lease lost."""
         from psycopg.pq import ConnStatus  # PostgreSQL's driver is an optional dependency
 
-        fd = raw.fileno()
+        watch = select.poll()  # not select.select: it fails on descriptors >= FD_SETSIZE
+        watch.register(raw.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         while not lost.is_set():
-            readable, _, _ = select.select([fd], [], [], CHECK_INTERVAL)
+            readable = watch.poll(CHECK_INTERVAL * 1000)
             if lost.is_set():
                 return  # released meanwhile
             if not readable:

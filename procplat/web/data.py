@@ -5,16 +5,17 @@ a frozen value the pages render; nothing else in :mod:`procplat.web` reads core 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from procplat.core.auth import Principal, require_admin
 from procplat.core.datasets import DatasetRef, Datasets, user_path
 from procplat.core.registry import RegisteredTool
 from procplat.core.tasks import Tasks
-from procplat.core.views import EntryView, TaskView
+from procplat.core.views import EntryView, Page, TaskView
 from procplat.errors import NotFound
 from procplat.index import queries as q
 from procplat.states import TERMINAL, TaskState
@@ -26,7 +27,8 @@ __all__ = [
     "tools", "users", "visible_datasets",
 ]
 
-CONSOLE_TAKE = 200  # datasets listed per org on the home page
+CONSOLE_TAKE = 200  # orgs, and datasets of an org, read per page for the home page
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,10 +135,22 @@ def _dataset_info(ref: DatasetRef) -> DatasetInfo:
 def visible_datasets(datasets: Datasets, who: Principal | None) -> list[DatasetInfo]:
     """Every dataset the caller may see, org by org (as ``GET /orgs`` and ``/orgs/{org}/ds``)."""
     found: list[DatasetInfo] = []
-    for org in datasets.list_orgs(who, 0, CONSOLE_TAKE).items:
-        page = datasets.list_datasets(who, org.slug, 0, CONSOLE_TAKE)
-        found += [_dataset_info(item) for item in page.items]
+    for org in _every(lambda skip: datasets.list_orgs(who, str(skip), str(CONSOLE_TAKE))):
+        found += [_dataset_info(ref) for ref in _every(
+            lambda skip, slug=org.slug: datasets.list_datasets(who, slug, str(skip),
+                                                               str(CONSOLE_TAKE)))]
     return found
+
+
+def _every(page_at: Callable[[int], Page[T]]) -> Iterator[T]:
+    """Every item of a paged listing, page after page."""
+    skip = 0
+    while True:
+        page = page_at(skip)
+        yield from page.items
+        skip += len(page.items)
+        if not page.items or skip >= page.total:
+            return
 
 
 def dataset(datasets: Datasets, who: Principal | None, org: str, ds: str) -> DatasetRef:
